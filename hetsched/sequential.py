@@ -17,8 +17,10 @@ import onnxruntime as ort
 
 from partitioner.plan import PartitionPlan
 
+ModelSource = str | os.PathLike[str] | bytes | onnx.ModelProto
 
-def cpu_session(model: str | os.PathLike[str] | bytes | onnx.ModelProto, threads: int = 1) -> ort.InferenceSession:
+
+def cpu_session(model: ModelSource, threads: int = 1) -> ort.InferenceSession:
     """A CPU session with a fixed number of intra-op threads (never more than asked: no oversubscription)."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads

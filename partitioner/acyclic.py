@@ -94,6 +94,7 @@ def repair(
                 best = (score, ranks, order)
     assert best is not None
     _, ranks, order = best
+    ranks, order = _fill_empty(ranks, order, node_share)
     ranked_targets = target_arr[list(order)]
     ranks = _refine(graph, ranks, _Objective(node_share, ranked_targets, tol, total_bytes), preds, succs)
     after = measure(graph, ranks, ranked_targets)
@@ -101,6 +102,41 @@ def repair(
     rank_of[list(order)] = np.arange(k)
     moved = int((rank_of[assign] != ranks).sum())
     return ranks, order, RepairReport(before, after, moved)
+
+
+def _fill_empty(
+    ranks: np.ndarray, order: tuple[int, ...], node_share: np.ndarray
+) -> tuple[np.ndarray, tuple[int, ...]]:
+    """Give every part at least one node by splitting the heaviest parts in topological order.
+
+    METIS may return empty parts when k is large for the graph, and a single-node
+    move cannot refill them when every neighbour is alone in its part.  Splitting
+    part p at a node index into p (earlier nodes) and p + 1 (later nodes), and
+    shifting the parts after it, keeps ranks monotone along every edge: node
+    indices are a topological order.
+    """
+    k = len(order)
+    counts = np.bincount(ranks, minlength=k)
+    if counts.all():
+        return ranks, order
+    keep = [r for r in range(k) if counts[r]]
+    missing = [order[r] for r in range(k) if not counts[r]]
+    new_order = [order[r] for r in keep]
+    remap = np.full(k, -1, dtype=np.int64)
+    remap[keep] = np.arange(len(keep))
+    ranks = remap[ranks]
+    while missing:
+        counts = np.bincount(ranks)
+        shares = np.bincount(ranks, weights=node_share)
+        splittable = [p for p in range(len(counts)) if counts[p] >= 2]
+        p = max(splittable, key=lambda q: (shares[q], counts[q]))
+        members = np.flatnonzero(ranks == p)
+        before = np.cumsum(node_share[members]) - node_share[members]
+        cut = int(np.clip(np.searchsorted(before, shares[p] / 2), 1, len(members) - 1))
+        ranks[ranks > p] += 1
+        ranks[members[cut:]] = p + 1
+        new_order.insert(p + 1, missing.pop(0))
+    return ranks, tuple(new_order)
 
 
 def _candidate_orders(graph: OpGraph, assign: np.ndarray, k: int) -> list[tuple[int, ...]]:
@@ -129,7 +165,9 @@ def _feedback_arc_order(graph: OpGraph, assign: np.ndarray, k: int, tie: list[fl
     tail: list[int] = []
 
     def flow(p: int, into: bool) -> float:
-        return sum(w for (a, b), w in weight.items() if (b if into else a) == p and (a if into else b) in left)
+        if into:
+            return sum(w for (a, b), w in weight.items() if b == p and a in left)
+        return sum(w for (a, b), w in weight.items() if a == p and b in left)
 
     while left:
         sinks = [p for p in left if flow(p, into=False) == 0]

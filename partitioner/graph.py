@@ -52,6 +52,7 @@ class OpGraph:
         sizes: every dynamic tensor's size at ``batch``.
         producer: tensor -> index of the node that writes it.
         consumers: tensor -> indices of the nodes that read it (sorted).
+        source_sha256: sha256 of the model as read (file bytes or serialized proto).
         cost_s: per node, seconds on ``arch``.
         arch / cost_source: which processor kind and how the costs were obtained.
     """
@@ -65,6 +66,7 @@ class OpGraph:
     sizes: dict[str, TensorSize]
     producer: dict[str, int]
     consumers: dict[str, list[int]]
+    source_sha256: str
     cost_s: np.ndarray
     arch: str
     cost_source: str
@@ -116,7 +118,8 @@ class OpGraph:
         costs = np.array([max(0.0, float(cost_s.get(n.name, 0.0))) for n in self.nodes])
         return OpGraph(
             self.model, self.batch, self.nodes, self.inputs, self.outputs, self.initializers,
-            self.sizes, self.producer, self.consumers, costs, arch, source, self._edges,
+            self.sizes, self.producer, self.consumers, self.source_sha256, costs, arch, source,
+            self._edges,
         )
 
 
@@ -128,7 +131,8 @@ def build_graph(
     """Read, normalize and weigh a model (static FLOP costs until real costs are attached)."""
     if batch < 1:
         raise UsageError(f"batch must be >= 1, got {batch}")
-    model = normalize(read_model(source))
+    original, sha256 = read_model(source)
+    model = normalize(original)
     graph = model.graph
     initializers = frozenset(t.name for t in graph.initializer)
     inputs = [v.name for v in graph.input if v.name not in initializers]
@@ -138,7 +142,7 @@ def build_graph(
     costs = np.array([_static_flops(model, node, sizes) / STATIC_FLOPS_PER_S for node in nodes])
     return OpGraph(
         model, batch, nodes, inputs, [v.name for v in graph.output], initializers, sizes,
-        producer, consumers, costs, STATIC_ARCH, "static-flops",
+        producer, consumers, sha256, costs, STATIC_ARCH, "static-flops",
     )
 
 
@@ -164,9 +168,10 @@ def _vertices(
 
 def _static_flops(model: onnx.ModelProto, node: OpNode, sizes: Mapping[str, TensorSize]) -> float:
     """Rough FLOPs of a node: multiply-adds for Conv/MatMul/Gemm, one per output element otherwise."""
-    out_elems = sum(
-        float(np.prod(sizes[o].shape)) for o in node.outputs if o in sizes and sizes[o].shape is not None
-    )
+    out_elems = 0.0
+    for name in node.outputs:
+        shape = sizes[name].shape if name in sizes else None
+        out_elems += float(np.prod(shape)) if shape is not None else 0.0
     proto = model.graph.node[node.index]
     if node.op_type in ("Conv", "ConvTranspose") and len(proto.input) > 1:
         weight = _initializer_shape(model, proto.input[1])

@@ -9,7 +9,12 @@ may) are summed.  The result may have cyclic dependencies between parts; see
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import pymetis
@@ -17,6 +22,28 @@ import pymetis
 from partitioner.graph import OpGraph
 
 _SCALE = 1_000_000
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def _c_stdout_to_log() -> Iterator[None]:
+    """METIS prints warnings ("too many parts") on the C stdout; send them to the log instead.
+
+    The partitioner runs offline in one thread, so borrowing fd 1 briefly is safe.
+    """
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        os.dup2(sink.fileno(), 1)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
+            sink.seek(0)
+            text = sink.read().decode(errors="replace").strip()
+            if text:
+                log.info("METIS: %s", " ".join(text.split()))
 
 
 def scaled_vertex_weights(graph: OpGraph) -> list[int]:
@@ -34,14 +61,15 @@ def metis_assign(graph: OpGraph, ratios: Sequence[float], seed: int = 0) -> np.n
         return np.zeros(len(graph), dtype=np.int64)
     xadj, adjncy, eweights = _csr(graph)
     options = pymetis.Options(seed=seed, ncuts=4, niter=20)
-    result = pymetis.part_graph(
-        k,
-        pymetis.CSRAdjacency(xadj, adjncy),
-        vweights=scaled_vertex_weights(graph),
-        eweights=eweights,
-        tpwgts=[float(r) for r in ratios],
-        options=options,
-    )
+    with _c_stdout_to_log():
+        result = pymetis.part_graph(
+            k,
+            pymetis.CSRAdjacency(xadj, adjncy),
+            vweights=scaled_vertex_weights(graph),
+            eweights=eweights,
+            tpwgts=[float(r) for r in ratios],
+            options=options,
+        )
     return np.asarray(result[1], dtype=np.int64)
 
 

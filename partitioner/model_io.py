@@ -10,6 +10,7 @@ Normalization makes a model safe to cut without changing what it computes:
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -23,27 +24,31 @@ from partitioner.errors import ModelFileError
 _FIX = "re-export the model, or check that the file was copied whole"
 
 
-def read_model(source: str | os.PathLike[str] | bytes | onnx.ModelProto) -> onnx.ModelProto:
-    """Read and check a model from a path, serialized bytes or a proto; raise ModelFileError."""
-    if isinstance(source, onnx.ModelProto):
-        model = source
-        label = "model"
-    elif isinstance(source, bytes):
-        model = _parse(source, "model bytes")
-        label = "model bytes"
-    else:
-        path = Path(source)
-        label = str(path)
-        if not path.is_file():
-            raise ModelFileError(f"{path}: no such model file; check the path")
-        try:
-            model = onnx.load(str(path))
-        except DecodeError as exc:
-            raise ModelFileError(f"{path}: not an ONNX model ({exc}); {_FIX}") from exc
-        except Exception as exc:  # onnx raises several types for missing external data
-            raise ModelFileError(f"{path}: cannot be read as ONNX ({exc}); {_FIX}") from exc
-    _check(model, label)
-    return model
+def read_model(
+    source: str | os.PathLike[str] | bytes | onnx.ModelProto,
+) -> tuple[onnx.ModelProto, str]:
+    """Read and check a model from a path, serialized bytes or a proto.
+
+    Returns the model and the sha256 of its serialized form (the file's bytes for a
+    path), which plans and cost files use to recognise their model.  Raises
+    ModelFileError naming the problem and the fix.
+    """
+    if isinstance(source, (onnx.ModelProto, bytes)):
+        data = source if isinstance(source, bytes) else source.SerializeToString()
+        model = source if isinstance(source, onnx.ModelProto) else _parse(data, "model bytes")
+        _check(model, data, "model")
+        return model, hashlib.sha256(data).hexdigest()
+    path = Path(source)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: no such model file; check the path")
+    data = path.read_bytes()
+    model = _parse(data, str(path))
+    try:
+        onnx.load_external_data_for_model(model, str(path.parent))
+    except Exception as exc:  # missing or short external data files
+        raise ModelFileError(f"{path}: its external weight data cannot be read ({exc}); {_FIX}") from exc
+    _check(model, str(path), str(path))
+    return model, hashlib.sha256(data).hexdigest()
 
 
 def _parse(data: bytes, label: str) -> onnx.ModelProto:
@@ -55,12 +60,14 @@ def _parse(data: bytes, label: str) -> onnx.ModelProto:
     return model
 
 
-def _check(model: onnx.ModelProto, label: str) -> None:
+def _check(model: onnx.ModelProto, serialized: bytes | str, label: str) -> None:
+    """onnx.checker on the serialized bytes (or the path, for models too big for one protobuf)."""
     if not model.HasField("graph") or len(model.graph.node) == 0:
         raise ModelFileError(f"{label}: not an ONNX model (no graph, or a graph without nodes); {_FIX}")
+    if isinstance(serialized, bytes) and len(serialized) >= 2**31 - 1:
+        return  # the checker refuses protos over 2 GiB; ONNX Runtime will still validate at load
     try:
-        if model.ByteSize() < 2**31 - 1:
-            onnx.checker.check_model(model)
+        onnx.checker.check_model(serialized)
     except onnx.checker.ValidationError as exc:
         first = str(exc).strip().splitlines()[0]
         raise ModelFileError(f"{label}: invalid ONNX model ({first}); {_FIX}") from exc

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import os
@@ -115,7 +114,7 @@ def _assign(
     else:
         raw = metis_assign(graph, targets, seed)
         assign, order, report = repair(graph, raw, targets)
-        quality = {
+        quality: dict[str, object] = {
             "metis_imbalance": round(report.before.imbalance, 6),
             "metis_cut_bytes": report.before.cut_bytes,
             "metis_acyclic": report.before.acyclic,
@@ -165,7 +164,7 @@ def _make_plan(
     ]
     return PartitionPlan(
         source_model=source_label,
-        source_sha256=hashlib.sha256(graph.model.SerializeToString()).hexdigest(),
+        source_sha256=graph.source_sha256,
         ratios=[round(r, 6) for r in asked], method=method, batch=graph.batch, arch=graph.arch,
         cost_source=graph.cost_source, model_inputs=list(graph.inputs),
         model_outputs=list(graph.outputs), parts=plan_parts, cuts=_cuts(graph, assign),

@@ -86,7 +86,9 @@ class PartitionPlan:
         if node_names is not None and set(node_names) != set(seen):
             missing = sorted(set(node_names) - set(seen))[:5]
             extra = sorted(set(seen) - set(node_names))[:5]
-            raise PlanFormatError(f"plan does not cover the model's nodes: missing {missing}, unknown {extra}")
+            raise PlanFormatError(
+                f"plan does not cover the model's nodes: missing {missing}, unknown {extra}"
+            )
         edges = {(d, p.index) for p in self.parts for d in p.depends_on}
         cycle = find_cycle(len(self.parts), edges)
         if cycle is not None:
@@ -148,5 +150,7 @@ class PartitionPlan:
         path = Path(directory)
         path = path / PLAN_FILE if path.is_dir() else path
         if not path.is_file():
-            raise PlanFormatError(f"{path}: no plan here; create one with `hetsched partition MODEL --out DIR`")
+            raise PlanFormatError(
+                f"{path}: no plan here; create one with `hetsched partition MODEL --out DIR`"
+            )
         return cls.from_json(path.read_text())

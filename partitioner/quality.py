@@ -76,7 +76,7 @@ def find_cycle(k: int, edges: set[tuple[int, int]]) -> list[int] | None:
     return None
 
 
-def measure(graph: OpGraph, assign: np.ndarray, targets: Sequence[float]) -> Quality:
+def measure(graph: OpGraph, assign: np.ndarray, targets: Sequence[float] | np.ndarray) -> Quality:
     k = len(targets)
     got = shares(graph, assign, k)
     imbalance = float(np.max(np.abs(got - np.asarray(targets))))

@@ -55,10 +55,9 @@ def infer_sizes(
 
 def _concrete_copy(model: onnx.ModelProto, batch: int, dims: Mapping[str, int] | None) -> onnx.ModelProto:
     """A weight-free copy with concrete input shapes and no declared intermediate/output shapes."""
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
+    copy = _weightless_copy(model)
     graph = copy.graph
-    initializers = {t.name for t in graph.initializer}
+    initializers = {t.name for t in model.graph.initializer}
     for value in graph.input:
         if value.name in initializers or not value.type.HasField("tensor_type"):
             continue
@@ -75,11 +74,37 @@ def _concrete_copy(model: onnx.ModelProto, batch: int, dims: Mapping[str, int] |
 
 Dim = int | str | None  # a size, a symbolic name, or unknown
 
+# Initializers with more elements than this are replaced by typed inputs for shape inference:
+# inference needs their shapes only, and copying 500 MB of weights costs seconds.
+_WEIGHT_ELEMENTS = 1024
+
+
+def _weightless_copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with big top-level initializers turned into declared inputs of the same type and shape."""
+    copy = onnx.ModelProto()
+    for field_name in ("ir_version", "producer_name", "domain", "model_version"):
+        setattr(copy, field_name, getattr(model, field_name))
+    copy.opset_import.extend(model.opset_import)
+    copy.functions.extend(model.functions)
+    graph, source = copy.graph, model.graph
+    graph.name = source.name
+    graph.node.extend(source.node)
+    graph.input.extend(source.input)
+    graph.output.extend(source.output)
+    graph.value_info.extend(source.value_info)
+    declared = {v.name for v in source.input}
+    for tensor in source.initializer:
+        if int(np.prod(tensor.dims, dtype=np.int64)) <= _WEIGHT_ELEMENTS:
+            graph.initializer.append(tensor)
+        elif tensor.name not in declared:
+            declared_input = helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims))
+            graph.input.append(declared_input)
+    return copy
+
 
 def symbolic_shapes(model: onnx.ModelProto) -> dict[str, tuple[Dim, ...]]:
     """Shapes with the model's own symbolic dims (e.g. ("N", 64, 56, 56)), where inference knows the rank."""
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
+    copy = _weightless_copy(model)
     del copy.graph.value_info[:]
     for value in copy.graph.output:
         if value.type.HasField("tensor_type"):

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import onnx
+from checks import assert_each_node_once, assert_same_as_whole
 from hypothesis import given
 from hypothesis import strategies as st
+from random_models import random_dag_models
 
-from checks import assert_each_node_once, assert_same_as_whole
 from partitioner.acyclic import is_acyclic
 from partitioner.graph import build_graph
 from partitioner.partition import partition
-from random_models import random_dag_models
 
 
 @given(model=random_dag_models(), k=st.integers(1, 8), method=st.sampled_from(["metis", "contiguous"]))

@@ -1,0 +1,177 @@
+"""The ``hetsched`` command: one entry point, one sub-command per job (see DESIGN.md for the contracts).
+
+Bad input ends with one line naming the problem and the fix, exit code 2, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from hetsched.errors import HetschedError, UsageError
+from hetsched.progress import ProgressBar
+
+EXIT_USAGE = 2
+log = logging.getLogger("hetsched")
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from hetsched.demo import format_report, run_demo
+
+    report = run_demo(args.model, args.ratios, args.batch, args.out, progress=ProgressBar)
+    print(format_report(report))
+    return 0 if report.max_abs_diff <= 1e-4 else 1
+
+
+def _cmd_zoo(args: argparse.Namespace) -> int:
+    from hetsched import zoo
+
+    if args.list or not args.name:
+        for name in zoo.NAMES:
+            print(f"{name:18} {zoo.describe(name)}")
+        return 0
+    if not args.out:
+        raise UsageError("zoo needs --out FILE to write the model to, e.g. --out resnet18.onnx")
+    model = zoo.build(args.name, batch=args.batch)
+    _save_model(model, Path(args.out))
+    print(f"wrote {args.out} ({args.name}, {len(model.graph.node)} nodes)")
+    return 0
+
+
+def _save_model(model: object, path: Path) -> None:
+    import onnx
+
+    assert isinstance(model, onnx.ModelProto)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    large = model.ByteSize() > (1 << 30)
+    onnx.save_model(model, str(path), save_as_external_data=large, location=f"{path.name}.data")
+
+
+def _cmd_profile(args: argparse.Namespace) -> int:
+    from partitioner.graph import build_graph
+    from perfmodels.profile import profile
+
+    graph = build_graph(args.model, batch=args.batch)
+    bar = ProgressBar(f"profile ({args.method})")
+    costs = profile(graph, args.method, threads=args.threads, progress=bar)
+    costs.save(args.out)
+    total_ms = sum(costs.seconds.values()) * 1e3
+    print(
+        f"wrote {args.out}: {len(costs.seconds)} nodes, method {costs.method}, arch {costs.arch}; "
+        f"sum of nodes {total_ms:.2f} ms, whole model {costs.whole_model_s * 1e3:.2f} ms"
+    )
+    return 0
+
+
+def _cmd_partition(args: argparse.Namespace) -> int:
+    from partitioner.graph import build_graph
+    from partitioner.partition import parse_ratios, partition
+
+    parse_ratios(args.ratios)  # reject bad ratios before the (slower) model work
+    graph = build_graph(args.model, batch=args.batch)
+    if args.costs:
+        from perfmodels.profile import NodeCosts
+
+        costs = NodeCosts.load(args.costs)
+        if costs.model_sha256 != graph.source_sha256:
+            raise UsageError(
+                f"{args.costs} was measured on another model; profile this one: "
+                f"`hetsched profile {args.model} --out {args.costs}`"
+            )
+        graph = graph.with_costs(costs.seconds, costs.arch, costs.method)
+    else:
+        log.info("no --costs: node weights are FLOP estimates; `hetsched profile` measures real ones")
+    result = partition(graph, args.ratios, method=args.method, seed=args.seed, source_label=str(args.model))
+    plan_path = result.save(args.out)
+    plan = result.plan
+    shares = ", ".join(f"{p.cost_share:.1%} (asked {p.target_share:.1%})" for p in plan.parts)
+    print(f"wrote {plan_path} and {len(plan.parts)} part models; shares {shares}; cut {plan.cut_bytes} bytes")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hetsched", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = sub.add_parser("demo", help="build, profile, partition and run a zoo model; check the answer")
+    demo.add_argument("--model", default="googlenet", help="zoo model name (default googlenet)")
+    demo.add_argument("--ratios", default="0.8,0.2")
+    demo.add_argument("--batch", type=_positive_int, default=1)
+    demo.add_argument("--out", help="directory for the plan and parts (default: a temporary one)")
+    demo.set_defaults(run=_cmd_demo)
+
+    zoo = sub.add_parser("zoo", help="write a zoo model (standard architecture, random weights)")
+    zoo.add_argument("name", nargs="?", help="model name; omit or --list to see them")
+    zoo.add_argument("--out", help="ONNX file to write")
+    zoo.add_argument("--batch", type=_positive_int, help="fix the batch dimension (default: dynamic)")
+    zoo.add_argument("--list", action="store_true", help="list the models")
+    zoo.set_defaults(run=_cmd_zoo)
+
+    _add_profile(sub)
+    _add_partition(sub)
+    return parser
+
+
+def _add_profile(sub: argparse._SubParsersAction) -> None:
+    from perfmodels.profile import DEFAULT_METHOD, METHODS
+
+    profile = sub.add_parser("profile", help="measure each node's CPU time with ONNX Runtime")
+    profile.add_argument("model", help="ONNX model file")
+    profile.add_argument("--out", required=True, help="costs JSON to write")
+    profile.add_argument("--batch", type=_positive_int, default=1)
+    profile.add_argument("--threads", type=_positive_int, default=1, help="intra-op threads (default 1)")
+    profile.add_argument("--method", choices=sorted(METHODS), default=DEFAULT_METHOD,
+                         help=f"default {DEFAULT_METHOD}: "
+                         + "; ".join(f"{k}: {v}" for k, v in METHODS.items()))
+    profile.set_defaults(run=_cmd_profile)
+
+
+def _add_partition(sub: argparse._SubParsersAction) -> None:
+    from partitioner.partition import METHODS
+
+    part = sub.add_parser("partition", help="split a model into load-balanced parts")
+    part.add_argument("model", help="ONNX model file")
+    part.add_argument("--ratios", required=True, help="share of the cost per part, e.g. 0.8,0.2")
+    part.add_argument("--out", required=True, help="directory for plan.json and part_<i>.onnx")
+    part.add_argument("--costs", help="node costs from `hetsched profile` (default: FLOP estimates)")
+    part.add_argument("--batch", type=_positive_int, default=1, help="batch size for tensor bytes")
+    part.add_argument("--method", choices=list(METHODS), default="metis",
+                      help="; ".join(f"{k}: {v}" for k, v in METHODS.items()))
+    part.add_argument("--seed", type=int, default=0, help="METIS seed (same input, same plan)")
+    part.set_defaults(run=_cmd_partition)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``hetsched`` console script."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    run: Callable[[argparse.Namespace], int] = args.run
+    try:
+        return run(args)
+    except UsageError as exc:
+        print(f"hetsched: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except HetschedError as exc:
+        print(f"hetsched: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

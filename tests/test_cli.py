@@ -1,0 +1,74 @@
+"""The CLI contract: bad input ends with one line naming the problem and the fix, exit 2, no traceback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+from test_acyclic import chain
+
+
+def hetsched(*args: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "hetsched", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("m") / "chain.onnx"
+    onnx.save(chain(6), str(path))
+    return path
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@pytest.mark.parametrize(
+    "ratios, needles",
+    [
+        ("0.9,-0.1", ("not positive",)),
+        ("0.5,0.6", ("sum to 1.1", "0.8,0.2")),
+        (",".join(["0.125"] * 8), ("8 parts", "at most 6")),
+        ("a,b", ("not numbers",)),
+    ],
+)
+def test_partition_rejects_bad_ratios(
+    model_file: Path, tmp_path: Path, ratios: str, needles: tuple[str]
+) -> None:
+    assert_one_line_error(hetsched("partition", str(model_file), "--ratios", ratios, "--out", str(tmp_path)),
+                          *needles)
+
+
+def test_partition_rejects_missing_and_non_onnx_files(tmp_path: Path) -> None:
+    assert_one_line_error(hetsched("partition", str(tmp_path / "none.onnx"), "--ratios", "1", "--out",
+                                   str(tmp_path)), "no such model file")
+    junk = tmp_path / "junk.onnx"
+    junk.write_text("hello, I am a text file\n" * 20)
+    assert_one_line_error(hetsched("partition", str(junk), "--ratios", "1", "--out", str(tmp_path)),
+                          "junk.onnx", "re-export")
+
+
+def test_partition_writes_plan_and_parts(model_file: Path, tmp_path: Path) -> None:
+    result = hetsched("partition", str(model_file), "--ratios", "0.5,0.5", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    assert plan["format"] == "hetsched.plan/1" and plan["ratios"] == [0.5, 0.5]
+    assert [p["file"] for p in plan["parts"]] == ["part_0.onnx", "part_1.onnx"]
+    for p in plan["parts"]:
+        onnx.checker.check_model(str(tmp_path / p["file"]))
+
+
+def test_costs_file_that_is_garbage_is_refused(model_file: Path, tmp_path: Path) -> None:
+    costs = tmp_path / "costs.json"
+    costs.write_text("garbage")
+    assert_one_line_error(hetsched("partition", str(model_file), "--ratios", "1", "--out", str(tmp_path),
+                                   "--costs", str(costs)), "hetsched profile")
