@@ -54,7 +54,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     from partitioner.graph import build_graph
     from perfmodels.profile import profile
 
-    graph = build_graph(args.model, batch=args.batch)
+    graph = build_graph(args.model, batch=args.batch, dims=dict(args.dim))
     bar = ProgressBar(f"profile ({args.method})")
     costs = profile(graph, args.method, threads=args.threads, progress=bar)
     costs.save(args.out)
@@ -71,7 +71,7 @@ def _cmd_partition(args: argparse.Namespace) -> int:
     from partitioner.partition import parse_ratios, partition
 
     parse_ratios(args.ratios)  # reject bad ratios before the (slower) model work
-    graph = build_graph(args.model, batch=args.batch)
+    graph = build_graph(args.model, batch=args.batch, dims=dict(args.dim))
     if args.costs:
         from perfmodels.profile import NodeCosts
 
@@ -87,8 +87,20 @@ def _cmd_partition(args: argparse.Namespace) -> int:
     result = partition(graph, args.ratios, method=args.method, seed=args.seed, source_label=str(args.model))
     plan_path = result.save(args.out)
     plan = result.plan
-    shares = ", ".join(f"{p.cost_share:.1%} (asked {p.target_share:.1%})" for p in plan.parts)
-    print(f"wrote {plan_path} and {len(plan.parts)} part models; shares {shares}; cut {plan.cut_bytes} bytes")
+    print(f"wrote {plan_path} and {len(plan.parts)} part models ({plan.method}, costs: {plan.cost_source})")
+    for part in plan.parts:
+        print(f"  part {part.index}: {len(part.nodes):4} nodes, share {part.cost_share:6.1%} "
+              f"(asked {part.target_share:.1%}), depends on {part.depends_on or 'inputs only'}")
+    quality = plan.quality
+    if "metis_cut_bytes" in quality:
+        cyclic = "acyclic" if quality["metis_acyclic"] else "cyclic"
+        print(f"  METIS alone: cut {quality['metis_cut_bytes']} bytes, imbalance "
+              f"{quality['metis_imbalance']:.2%}, {cyclic}; after repair: cut {quality['cut_bytes']} bytes, "
+              f"imbalance {quality['imbalance']:.2%}, acyclic ({quality['repair_moved_nodes']} nodes moved)")
+    else:
+        print(f"  cut {quality['cut_bytes']} bytes, imbalance {quality['imbalance']:.2%}")
+    for note in plan.notes:
+        print(f"  note: {note}")
     return 0
 
 
@@ -123,6 +135,7 @@ def _add_profile(sub: argparse._SubParsersAction) -> None:
     profile.add_argument("model", help="ONNX model file")
     profile.add_argument("--out", required=True, help="costs JSON to write")
     profile.add_argument("--batch", type=_positive_int, default=1)
+    _add_dim(profile)
     profile.add_argument("--threads", type=_positive_int, default=1, help="intra-op threads (default 1)")
     profile.add_argument("--method", choices=sorted(METHODS), default=DEFAULT_METHOD,
                          help=f"default {DEFAULT_METHOD}: "
@@ -139,10 +152,23 @@ def _add_partition(sub: argparse._SubParsersAction) -> None:
     part.add_argument("--out", required=True, help="directory for plan.json and part_<i>.onnx")
     part.add_argument("--costs", help="node costs from `hetsched profile` (default: FLOP estimates)")
     part.add_argument("--batch", type=_positive_int, default=1, help="batch size for tensor bytes")
+    _add_dim(part)
     part.add_argument("--method", choices=list(METHODS), default="metis",
                       help="; ".join(f"{k}: {v}" for k, v in METHODS.items()))
     part.add_argument("--seed", type=int, default=0, help="METIS seed (same input, same plan)")
     part.set_defaults(run=_cmd_partition)
+
+
+def _add_dim(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dim", type=_dim, action="append", default=[], metavar="NAME=SIZE",
+                        help="size of a symbolic input dimension other than the batch, e.g. seq=128")
+
+
+def _dim(text: str) -> tuple[str, int]:
+    name, _, size = text.partition("=")
+    if not name or not size.isdigit() or int(size) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=SIZE with a positive size, e.g. seq=128")
+    return name, int(size)
 
 
 def _positive_int(text: str) -> int:

@@ -34,7 +34,8 @@ def resolve_shape(
         else:
             raise UsageError(
                 f"input {value.name!r}: dimension {axis} is symbolic ({dim.dim_param or '?'}) "
-                f"and not the batch; give its size, e.g. dims={{'{dim.dim_param or 'name'}': 128}}"
+                f"and not the batch; give its size: --dim {dim.dim_param or 'NAME'}=128 on the command "
+                f"line, dims={{'{dim.dim_param or 'NAME'}': 128}} in Python"
             )
     return tuple(out)
 

@@ -72,3 +72,18 @@ def test_costs_file_that_is_garbage_is_refused(model_file: Path, tmp_path: Path)
     costs.write_text("garbage")
     assert_one_line_error(hetsched("partition", str(model_file), "--ratios", "1", "--out", str(tmp_path),
                                    "--costs", str(costs)), "hetsched profile")
+
+
+def test_truncated_model_is_refused(model_file: Path, tmp_path: Path) -> None:
+    cut = tmp_path / "cut.onnx"
+    cut.write_bytes(model_file.read_bytes()[:40])
+    assert_one_line_error(hetsched("partition", str(cut), "--ratios", "1", "--out", str(tmp_path)), "cut.onnx")
+
+
+def test_costs_of_another_model_are_refused(model_file: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other.onnx"
+    onnx.save(chain(7), str(other))
+    costs = tmp_path / "costs.json"
+    assert hetsched("profile", str(other), "--out", str(costs)).returncode == 0
+    assert_one_line_error(hetsched("partition", str(model_file), "--ratios", "0.5,0.5", "--out", str(tmp_path),
+                                   "--costs", str(costs)), "another model", "hetsched profile")
