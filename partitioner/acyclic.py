@@ -13,9 +13,16 @@ be numbered so every edge goes from a lower or equal number to a higher one.
 2. For each order, make ranks monotone along edges two ways: push nodes
    forward (rank = max(own, preds')) in topological order, or pull them back
    (rank = min(own, succs')) in reverse order.  Keep the best candidate.
-3. Refine with moves that keep ranks monotone (a node may go to any rank
-   between its latest predecessor's and its earliest successor's), greedily,
-   first restoring balance (share within ``tol`` of its target), then cutting bytes.
+3. More starts (a multi-start, as dagP also seeds from topological orders):
+   the topological order that METIS's ranks induce (rank, then node index)
+   re-cut into runs matching the ratios, each boundary at the fewest live
+   bytes within ``tol``; the same on the model's own node order; and the
+   plain contiguous split, so the result is never worse on the objective than
+   the layer-split baseline.
+4. Refine each start with moves that keep ranks monotone (a node may go to any
+   rank between its latest predecessor's and its earliest successor's),
+   greedily, first restoring balance (share within ``tol`` of its target),
+   then cutting bytes; keep the best.  The report says which start won.
 
 Part numbers after repair are ranks, so part 0 may run first and part i only
 depends on parts < i.
@@ -24,11 +31,12 @@ depends on parts < i.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from partitioner.baselines import split_along
 from partitioner.graph import OpGraph
 from partitioner.quality import Quality, cut_bytes, measure, part_edges
 
@@ -45,6 +53,7 @@ class RepairReport:
     before: Quality
     after: Quality
     moved_nodes: int
+    seed: str  # which start won: metis, metis-order, topological or contiguous
 
 
 @dataclass
@@ -66,7 +75,7 @@ class _Objective:
 
 
 def repair(
-    graph: OpGraph, assign: np.ndarray, targets: Sequence[float], tol: float = 0.005
+    graph: OpGraph, assign: np.ndarray, targets: Sequence[float], tol: float = 0.01
 ) -> tuple[np.ndarray, tuple[int, ...], RepairReport]:
     """Acyclic assignment with parts numbered topologically, and a report.
 
@@ -76,32 +85,60 @@ def repair(
     target_arr = np.asarray(targets, dtype=float)
     before = measure(graph, assign, targets)
     if k == 1:
-        return assign.copy(), (0,), RepairReport(before, before, 0)
+        return assign.copy(), (0,), RepairReport(before, before, 0, "metis")
     weights = graph.cost_s if graph.cost_s.sum() > 0 else np.ones(len(graph))
     node_share = weights / weights.sum()
     total_bytes = float(sum(graph.edges().values()) or 1)
     preds, succs = graph.predecessors(), graph.successors()
+
+    def objective_for(order: tuple[int, ...]) -> _Objective:
+        return _Objective(node_share, target_arr[list(order)], tol, total_bytes)
+
+    ranks, order = _monotone_ranks(graph, assign, k, objective_for, preds, succs)
+    ranks, order = _fill_empty(ranks, order, node_share)
+    # METIS's clustering re-cut along its own topological order (rank, then node index).
+    sequence = np.lexsort((np.arange(len(graph)), ranks))
+    identity = tuple(range(k))
+    seeds = [
+        ("metis", ranks, order),
+        ("metis-order", split_along(graph, sequence, target_arr[list(order)], tol), order),
+        ("topological", split_along(graph, np.arange(len(graph)), target_arr, tol), identity),
+        ("contiguous", split_along(graph, np.arange(len(graph)), target_arr, 0.0), identity),
+    ]
+    scored = []
+    for label, seed_ranks, seed_order in seeds:
+        objective = objective_for(seed_order)
+        refined = _refine(graph, seed_ranks, objective, preds, succs)
+        scored.append((objective(graph, refined), label, refined, seed_order))
+    _, label, ranks, order = min(scored, key=lambda item: item[0])  # ties: the earlier seed
+    after = measure(graph, ranks, target_arr[list(order)])
+    rank_of = np.empty(k, dtype=np.int64)
+    rank_of[list(order)] = np.arange(k)
+    moved = int((rank_of[assign] != ranks).sum())
+    return ranks, order, RepairReport(before, after, moved, label)
+
+
+def _monotone_ranks(
+    graph: OpGraph,
+    assign: np.ndarray,
+    k: int,
+    objective_for: Callable[[tuple[int, ...]], _Objective],
+    preds: list[list[int]],
+    succs: list[list[int]],
+) -> tuple[np.ndarray, tuple[int, ...]]:
+    """The best order of METIS's parts and push/pull fix: ranks monotone along every edge."""
     best: tuple[float, np.ndarray, tuple[int, ...]] | None = None
     for order in _candidate_orders(graph, assign, k):
         rank_of = np.empty(k, dtype=np.int64)
         rank_of[list(order)] = np.arange(k)
-        ranked_targets = target_arr[list(order)]
-        objective = _Objective(node_share, ranked_targets, tol, total_bytes)
+        objective = objective_for(order)
         start = rank_of[assign]
         for ranks in (_push_forward(start, preds), _pull_back(start, succs)):
             score = objective(graph, ranks)
             if best is None or score < best[0]:
                 best = (score, ranks, order)
     assert best is not None
-    _, ranks, order = best
-    ranks, order = _fill_empty(ranks, order, node_share)
-    ranked_targets = target_arr[list(order)]
-    ranks = _refine(graph, ranks, _Objective(node_share, ranked_targets, tol, total_bytes), preds, succs)
-    after = measure(graph, ranks, ranked_targets)
-    rank_of = np.empty(k, dtype=np.int64)
-    rank_of[list(order)] = np.arange(k)
-    moved = int((rank_of[assign] != ranks).sum())
-    return ranks, order, RepairReport(before, after, moved)
+    return best[1], best[2]
 
 
 def _fill_empty(

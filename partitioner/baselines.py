@@ -46,38 +46,51 @@ def _spread(cuts: list[int], n: int) -> list[int]:
 
 def contiguous_split(graph: OpGraph, ratios: Sequence[float]) -> np.ndarray:
     """Consecutive runs of the topological order with shares closest to the ratios."""
-    n = len(graph)
-    before = np.concatenate([[0.0], np.cumsum(_node_shares(graph))])  # share before node i
-    bounds = np.cumsum(ratios)[:-1]
-    cuts = [int(np.argmin(np.abs(before[1:n] - b))) + 1 for b in bounds]
-    return _assign_from_cuts(n, _spread(cuts, n))
+    return split_along(graph, np.arange(len(graph)), ratios, window=0.0)
 
 
-def live_bytes(graph: OpGraph) -> np.ndarray:
-    """live[p] = bytes crossing a cut just before node p (tensors made before p, read at or after)."""
+def best_split_points(graph: OpGraph, ratios: Sequence[float], window: float = 0.05) -> np.ndarray:
+    """Each boundary at the fewest live bytes within ``window`` share points of its target."""
+    return split_along(graph, np.arange(len(graph)), ratios, window)
+
+
+def split_along(
+    graph: OpGraph, sequence: np.ndarray, ratios: Sequence[float] | np.ndarray, window: float
+) -> np.ndarray:
+    """Cut a topological ``sequence`` of node indices into len(ratios) consecutive runs.
+
+    Each boundary goes where the cumulative share is closest to its target or,
+    with ``window`` > 0, to the position with the fewest live bytes among those
+    within ``window`` share points of it.  Part i of the result gets ratios[i].
+    """
+    n = len(sequence)
+    shares = _node_shares(graph)[sequence]
+    before = np.concatenate([[0.0], np.cumsum(shares)])[1:n]  # share before position p, p = 1..n-1
+    live = live_bytes(graph, sequence)[1:n]
+    positions = np.arange(1, n)
+    cuts: list[int] = []
+    for bound in np.cumsum(ratios)[:-1]:
+        distance = np.abs(before - bound)
+        close = positions[distance <= max(window, float(distance.min()))]
+        cuts.append(int(close[np.argmin(live[close - 1])]))
+    assign_by_position = _assign_from_cuts(n, _spread(cuts, n))
+    assign = np.empty(n, dtype=np.int64)
+    assign[sequence] = assign_by_position
+    return assign
+
+
+def live_bytes(graph: OpGraph, sequence: np.ndarray | None = None) -> np.ndarray:
+    """live[p] = bytes crossing a cut just before position p of a topological ``sequence``
+    (default: node index order): tensors made before p and read at or after it."""
     n = len(graph)
+    position = np.arange(n) if sequence is None else np.argsort(sequence)
     diff = np.zeros(n + 1, dtype=np.int64)
     for tensor, users in graph.consumers.items():
         src = graph.producer.get(tensor)
         if src is None:
             continue
-        last = max(users)
-        if last > src:
-            diff[src + 1] += graph.nbytes(tensor)
+        first, last = int(position[src]), max(int(position[u]) for u in users)
+        if last > first:
+            diff[first + 1] += graph.nbytes(tensor)
             diff[last + 1] -= graph.nbytes(tensor)
     return np.cumsum(diff)[:n]
-
-
-def best_split_points(graph: OpGraph, ratios: Sequence[float], window: float = 0.05) -> np.ndarray:
-    """Each boundary at the fewest live bytes within ``window`` share points of its target."""
-    n = len(graph)
-    before = np.concatenate([[0.0], np.cumsum(_node_shares(graph))])
-    live = live_bytes(graph)
-    cuts: list[int] = []
-    for bound in np.cumsum(ratios)[:-1]:
-        positions = np.arange(1, n)
-        close = positions[np.abs(before[1:n] - bound) <= window]
-        if close.size == 0:
-            close = positions[[int(np.argmin(np.abs(before[1:n] - bound)))]]
-        cuts.append(int(close[np.argmin(live[close])]))
-    return _assign_from_cuts(n, _spread(cuts, n))

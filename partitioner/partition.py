@@ -119,6 +119,7 @@ def _assign(
             "metis_cut_bytes": report.before.cut_bytes,
             "metis_acyclic": report.before.acyclic,
             "repair_moved_nodes": report.moved_nodes,
+            "repair_seed": report.seed,
         }
         return assign, np.asarray(targets)[list(order)], list(order), quality
     return assign, np.asarray(targets), identity, {}

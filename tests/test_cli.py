@@ -9,6 +9,7 @@ from pathlib import Path
 
 import onnx
 import pytest
+
 from test_acyclic import chain
 
 
@@ -77,7 +78,8 @@ def test_costs_file_that_is_garbage_is_refused(model_file: Path, tmp_path: Path)
 def test_truncated_model_is_refused(model_file: Path, tmp_path: Path) -> None:
     cut = tmp_path / "cut.onnx"
     cut.write_bytes(model_file.read_bytes()[:40])
-    assert_one_line_error(hetsched("partition", str(cut), "--ratios", "1", "--out", str(tmp_path)), "cut.onnx")
+    result = hetsched("partition", str(cut), "--ratios", "1", "--out", str(tmp_path))
+    assert_one_line_error(result, "cut.onnx")
 
 
 def test_costs_of_another_model_are_refused(model_file: Path, tmp_path: Path) -> None:
@@ -85,5 +87,6 @@ def test_costs_of_another_model_are_refused(model_file: Path, tmp_path: Path) ->
     onnx.save(chain(7), str(other))
     costs = tmp_path / "costs.json"
     assert hetsched("profile", str(other), "--out", str(costs)).returncode == 0
-    assert_one_line_error(hetsched("partition", str(model_file), "--ratios", "0.5,0.5", "--out", str(tmp_path),
-                                   "--costs", str(costs)), "another model", "hetsched profile")
+    result = hetsched("partition", str(model_file), "--ratios", "0.5,0.5", "--out", str(tmp_path),
+                      "--costs", str(costs))
+    assert_one_line_error(result, "another model", "hetsched profile")

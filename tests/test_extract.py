@@ -37,7 +37,8 @@ def work_inside_one_if() -> onnx.ModelProto:
     """Three top-level nodes; all the work is in the If's branches (reading x from outside)."""
     w = numpy_helper.from_array(np.eye(4, dtype=np.float32), "w")
     body = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Relu", ["h"], ["r"])]
-    then_g = helper.make_graph(body, "then", [], [helper.make_tensor_value_info("r", TensorProto.FLOAT, None)])
+    then_out = helper.make_tensor_value_info("r", TensorProto.FLOAT, None)
+    then_g = helper.make_graph(body, "then", [], [then_out])
     else_g = helper.make_graph([helper.make_node("Neg", ["x"], ["n"])], "else", [],
                                [helper.make_tensor_value_info("n", TensorProto.FLOAT, None)])
     nodes = [
@@ -46,7 +47,8 @@ def work_inside_one_if() -> onnx.ModelProto:
         helper.make_node("If", ["cond"], ["y"], name="branch", then_branch=then_g, else_branch=else_g),
     ]
     zero = numpy_helper.from_array(np.array(0.0, dtype=np.float32), "zero")
-    graph = helper.make_graph(nodes, "one_if", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])
+    graph = helper.make_graph(nodes, "one_if", [x],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
                               initializer=[w, zero])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])

@@ -8,13 +8,14 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from test_acyclic import chain
 
 from hetsched.sequential import run_whole
 from partitioner.errors import ModelFileError
 from partitioner.feeds import random_feeds
 from partitioner.graph import build_graph
 from partitioner.model_io import normalize, read_model, subgraph_outer_names
+
+from test_acyclic import chain
 
 
 def test_missing_file_names_the_path(tmp_path: Path) -> None:

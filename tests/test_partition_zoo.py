@@ -5,13 +5,14 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from checks import assert_each_node_once
 
 from hetsched import zoo
 from hetsched.sequential import SequentialRunner, run_whole
 from partitioner.feeds import random_feeds
 from partitioner.graph import OpGraph, build_graph
 from partitioner.partition import partition
+
+from checks import assert_each_node_once
 
 RATIOS = {
     "50/50": [0.5, 0.5],
