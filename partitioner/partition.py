@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,11 +91,9 @@ def partition(
     if method not in METHODS:
         raise RatiosError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     targets = parse_ratios(ratios, len(graph))
-    started = time.perf_counter()
     assign, part_targets, ratio_index, quality = _assign(graph, targets, method, seed)
     assign, part_targets, ratio_index, notes = _drop_empty(assign, part_targets, ratio_index)
     parts = extract_parts(graph, assign)
-    quality["seconds"] = round(time.perf_counter() - started, 4)
     plan = _make_plan(graph, assign, targets, part_targets, ratio_index, parts, method, quality, notes,
                       source_label)
     plan.validate([n.name for n in graph.nodes])

@@ -53,3 +53,11 @@ def test_metis_is_never_balanced_worse_than_the_contiguous_split(model: onnx.Mod
         return sum(max(0.0, abs(p.cost_share - p.target_share) - 0.01) for p in plan.parts)
 
     assert excess("metis") <= excess("contiguous") + 0.01 + 1e-6
+
+
+@given(model=random_dag_models(), k=st.integers(2, 6))
+def test_same_input_gives_the_same_plan(model: onnx.ModelProto, k: int) -> None:
+    graph = build_graph(model, batch=2)
+    k = min(k, len(graph))
+    first, second = (partition(build_graph(model, batch=2), [1 / k] * k).plan for _ in range(2))
+    assert first.to_json() == second.to_json()
