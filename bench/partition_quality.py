@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+from results_md import write_section
 
 from hetsched import zoo
 from partitioner.graph import OpGraph, build_graph
@@ -193,18 +194,6 @@ def summary(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def write_section(text: str, results: Path, marker: str = "partition_quality") -> None:
-    """Replace this bench's section of RESULTS.md, keeping the other benches' sections."""
-    begin, end = f"<!-- begin {marker} -->", f"<!-- end {marker} -->"
-    old = results.read_text() if results.exists() else "# Bench results\n"
-    block = f"{begin}\n{text}\n{end}"
-    if begin in old:
-        old = old[: old.index(begin)] + block + old[old.index(end) + len(end):]
-    else:
-        old = old.rstrip() + "\n\n" + block + "\n"
-    results.write_text(old)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--costs", choices=("profile", "static"), default="profile")
@@ -219,7 +208,7 @@ def main() -> int:
     out_dir.mkdir(exist_ok=True)
     (out_dir / "partition_quality.json").write_text(json.dumps({"rows": rows, "large": large}, indent=1))
     plot(rows, out_dir / "partition_quality.png")
-    write_section(markdown(rows, large, args), HERE / "RESULTS.md")
+    write_section(markdown(rows, large, args), HERE / "RESULTS.md", marker="partition_quality")
     return 0
 
 

@@ -5,6 +5,8 @@ the error hierarchy and the reference executor; the runtime comes next.
 """
 
 from hetsched.errors import (
+    BusFormatError,
+    CalibrationUnavailable,
     CyclicPlanError,
     HetschedError,
     InternalError,
@@ -18,6 +20,8 @@ from hetsched.errors import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "BusFormatError",
+    "CalibrationUnavailable",
     "CyclicPlanError",
     "HetschedError",
     "InternalError",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -84,7 +85,8 @@ def _cmd_partition(args: argparse.Namespace) -> int:
         graph = graph.with_costs(costs.seconds, costs.arch, costs.method)
     else:
         log.info("no --costs: node weights are FLOP estimates; `hetsched profile` measures real ones")
-    result = partition(graph, args.ratios, method=args.method, seed=args.seed, source_label=str(args.model))
+    source = str(Path(args.model).resolve())  # predict and calibrate profile it again later
+    result = partition(graph, args.ratios, method=args.method, seed=args.seed, source_label=source)
     plan_path = result.save(args.out)
     plan = result.plan
     print(f"wrote {plan_path} and {len(plan.parts)} part models ({plan.method}, costs: {plan.cost_source})")
@@ -101,6 +103,62 @@ def _cmd_partition(args: argparse.Namespace) -> int:
         print(f"  cut {quality['cut_bytes']} bytes, imbalance {quality['imbalance']:.2%}")
     for note in plan.notes:
         print(f"  note: {note}")
+    return 0
+
+
+def _plan_dir(target: str, scratch: Path) -> Path:
+    """A plan directory as given, or a one-part plan of a model file (the model unpartitioned)."""
+    path = Path(target)
+    if path.is_dir():
+        return path
+    from partitioner.graph import build_graph
+    from partitioner.partition import partition
+
+    partition(build_graph(path), [1.0], source_label=str(path.resolve())).save(scratch)
+    return scratch
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from hetsched.calibrate import calibrate, ensure_bus_model
+    from perfmodels.store import PerfModelStore
+
+    store = PerfModelStore()
+    bus, fresh = ensure_bus_model(store, ProgressBar("bus calibration"))
+    for stats in bus.statistics().links:
+        state = "calibrated now" if fresh else "from the store"
+        print(f"bus {stats.src} -> {stats.dst} ({stats.kind}): {stats.latency_s * 1e6:.2f} us + bytes / "
+              f"{stats.bandwidth_bytes_per_s / 1e9:.2f} GB/s ({state})")
+    with tempfile.TemporaryDirectory(prefix="hetsched-calibrate-") as scratch:
+        directory = _plan_dir(args.target, Path(scratch))
+        report = calibrate(directory, args.batches, args.threads, store, progress=ProgressBar)
+    print(f"calibrated {len({k[0] for k in report.measured_s})} part(s) into {store.directory}")
+    print(f"{'part':>4}  {'arch':8} {'batch':>5}  {'median ms':>10}")
+    for (index, arch, batch), seconds in sorted(report.measured_s.items()):
+        print(f"{index:>4}  {arch:8} {batch:>5}  {seconds * 1e3:>10.3f}")
+    for arch, model in sorted(report.composition.items()):
+        print(f"composition {arch}: t = {model.alpha:.3f} * node sum + {model.c0_s * 1e6:.1f} us * nodes "
+              f"+ {model.c1_s * 1e6:.1f} us  ({model.samples} parts, rel. RMSE {model.rel_rmse:.1%})")
+    for note in report.notes:
+        print(f"note: {note}")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    import json
+
+    from hetsched.predict import predict_plan
+    from perfmodels.store import PerfModelStore
+
+    prediction = predict_plan(args.directory, args.batch, args.threads, PerfModelStore())
+    if args.json:
+        print(json.dumps(prediction.to_json_dict()))
+        return 0
+    print(f"batch {prediction.batch} on {prediction.arch}")
+    for part in prediction.parts:
+        print(f"  part {part.index} ({part.file}): {part.ms:.3f} ms  [{part.source}]")
+    print(f"  total {prediction.total_ms:.3f} ms (parts one after another)")
     return 0
 
 
@@ -125,7 +183,32 @@ def _parser() -> argparse.ArgumentParser:
 
     _add_profile(sub)
     _add_partition(sub)
+    _add_perfmodel_commands(sub)
     return parser
+
+
+def _add_perfmodel_commands(sub: argparse._SubParsersAction) -> None:
+    calibrate = sub.add_parser("calibrate", help="time each part on each processor kind until trusted")
+    calibrate.add_argument("target", metavar="DIR_OR_MODEL", help="plan directory, or a model file (whole)")
+    calibrate.add_argument("--batches", type=_int_list, default=[1, 2, 4, 8, 16, 32],
+                           help="batch sizes (default 1,2,4,8,16,32)")
+    calibrate.add_argument("--threads", type=_int_list, default=None,
+                           help="CPU core-group sizes, e.g. 1,2 (default: 1 and all cores)")
+    calibrate.set_defaults(run=_cmd_calibrate)
+
+    predict = sub.add_parser("predict", help="predicted ms per part, and the source of each number")
+    predict.add_argument("directory", help="plan directory")
+    predict.add_argument("--batch", type=_positive_int, default=1)
+    predict.add_argument("--threads", type=_positive_int, default=1)
+    predict.add_argument("--json", action="store_true", help="machine-readable output")
+    predict.set_defaults(run=_cmd_predict)
+
+
+def _int_list(text: str) -> list[int]:
+    values = [_positive_int(x) for x in text.split(",") if x.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError(f"{text!r} lists no sizes; write them like 1,2,4")
+    return values
 
 
 def _add_profile(sub: argparse._SubParsersAction) -> None:
@@ -186,6 +269,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    if getattr(args, "threads", "") is None:  # calibrate's default: one core, and every core
+        args.threads = sorted({1, os.cpu_count() or 1})
     run: Callable[[argparse.Namespace], int] = args.run
     try:
         return run(args)

@@ -17,11 +17,12 @@ import numpy as np
 import onnx
 
 from hetsched import zoo
-from hetsched.sequential import SequentialRunner, cpu_session
+from hetsched.sequential import SequentialRunner
 from partitioner.feeds import random_feeds
 from partitioner.graph import build_graph
 from partitioner.partition import partition
 from partitioner.plan import PartitionPlan
+from perfmodels.measure import cpu_session
 from perfmodels.profile import DEFAULT_METHOD, profile
 
 Progress = Callable[[int, int], None]

@@ -12,30 +12,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-import onnx
-import onnxruntime as ort
 
 from partitioner.plan import PartitionPlan
-
-ModelSource = str | os.PathLike[str] | bytes | onnx.ModelProto
-
-
-def cpu_session(model: ModelSource, threads: int = 1) -> ort.InferenceSession:
-    """A CPU session with a fixed number of intra-op threads (never more than asked: no oversubscription)."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    if isinstance(model, onnx.ModelProto):
-        model = model.SerializeToString()
-    elif not isinstance(model, bytes):
-        model = str(model)
-    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+from perfmodels.measure import ModelSource, cpu_session
 
 
-def run_whole(
-    model: str | os.PathLike[str] | bytes | onnx.ModelProto, feeds: Mapping[str, np.ndarray], threads: int = 1
-) -> dict[str, np.ndarray]:
+def run_whole(model: ModelSource, feeds: Mapping[str, np.ndarray], threads: int = 1) -> dict[str, np.ndarray]:
     """Plain ONNX Runtime on the whole model: the answer every transformed run must match."""
     session = cpu_session(model, threads)
     names = [o.name for o in session.get_outputs()]
@@ -48,21 +30,26 @@ class SequentialRunner:
     def __init__(
         self,
         plan: PartitionPlan,
-        models: str | os.PathLike[str] | Sequence[bytes | onnx.ModelProto],
+        models: str | os.PathLike[str] | Sequence[ModelSource],
         threads: int = 1,
     ) -> None:
         self.plan = plan
         if isinstance(models, (str, os.PathLike)):
-            sources: list[str | bytes | onnx.ModelProto] = [str(Path(models) / p.file) for p in plan.parts]
+            sources: list[ModelSource] = [str(Path(models) / p.file) for p in plan.parts]
         else:
             sources = list(models)
         self.sessions = [cpu_session(m, threads) for m in sources]
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The model's outputs, computed part by part in plan order."""
+        values = self.run_all(feeds)
+        return {name: values[name] for name in self.plan.model_outputs}
+
+    def run_all(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Every tensor crossing the plan (model inputs, cut tensors, outputs): real inputs per part."""
         values: dict[str, np.ndarray] = dict(feeds)
         for index in self.plan.order:
             part = self.plan.parts[index]
             results = self.sessions[index].run(part.outputs, {n: values[n] for n in part.inputs})
             values.update(zip(part.outputs, results))
-        return {name: values[name] for name in self.plan.model_outputs}
+        return values

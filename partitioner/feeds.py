@@ -8,7 +8,7 @@ range for the models we build; floats are standard normal.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 import onnx
@@ -47,12 +47,20 @@ def random_feeds(
     seed: int = 0,
 ) -> dict[str, np.ndarray]:
     """One random array per true graph input (initializers that double as inputs are skipped)."""
-    rng = np.random.default_rng(seed)
     initializers = {t.name for t in model.graph.initializer}
+    return random_values([v for v in model.graph.input if v.name not in initializers], batch, dims, seed)
+
+
+def random_values(
+    values: Iterable[onnx.ValueInfoProto],
+    batch: int = 1,
+    dims: Mapping[str, int] | None = None,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """One random array per declared tensor (e.g. a plan's model inputs, gathered from its parts)."""
+    rng = np.random.default_rng(seed)
     feeds: dict[str, np.ndarray] = {}
-    for value in model.graph.input:
-        if value.name in initializers:
-            continue
+    for value in values:
         if not value.type.HasField("tensor_type"):
             raise UsageError(f"input {value.name!r} is not a tensor; only tensor inputs are supported")
         dtype = helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)

@@ -64,10 +64,9 @@ import logging
 import os
 import statistics
 import tempfile
-import time
 from bisect import bisect_right
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -79,6 +78,10 @@ from partitioner.extract import build_submodel
 from partitioner.feeds import random_feeds
 from partitioner.graph import OpGraph, OpNode
 from perfmodels.costs import NodeCosts
+from perfmodels.measure import WARMUP_RUNS, Feeds, Progress
+from perfmodels.measure import cpu_session as _session
+from perfmodels.measure import timed_runs as _timed_runs
+from perfmodels.measure import warm_up as _warm_up
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -93,13 +96,8 @@ METHODS: dict[str, str] = {
 }
 DEFAULT_METHOD = "ort-profile"
 
-Progress = Callable[[int, int], None]
-Feeds = dict[str, Any]
 
-WARMUP_RUNS = 2  # the first run allocates; the second is timed to plan the count
-MIN_RUNS = 3  # fewer samples make the median meaningless
-MAX_RUNS = 25  # with repeats=None, never more timed runs than this ...
-NODE_BUDGET_S = 0.05  # ... or than fit this long per node (isolated) ...
+NODE_BUDGET_S = 0.05  # timed runs per node fit in this (isolated) ...
 MODEL_BUDGET_S = 1.0  # ... or per whole model (ort-profile, whole-model time)
 
 
@@ -135,56 +133,6 @@ def profile(
     log.info("profiled %d nodes with %s: sum %.3g s, whole model %.3g s",
              len(seconds), method, costs.total_s(), whole_s)
     return costs
-
-
-# -- sessions and timing -----------------------------------------------------------------
-
-
-def _session(model: onnx.ModelProto, threads: int, profile_prefix: str | None = None
-             ) -> ort.InferenceSession:
-    """A CPU session with a worker's options; profiling on when ``profile_prefix`` is given."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.log_severity_level = 3  # ORT's own warnings (unused initializers...) are noise here
-    if profile_prefix is not None:
-        options.enable_profiling = True
-        options.profile_file_prefix = profile_prefix
-    return ort.InferenceSession(
-        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
-
-
-def _warm_up(session: ort.InferenceSession, feeds: Feeds, repeats: int | None, budget_s: float
-             ) -> int:
-    """Run :data:`WARMUP_RUNS` runs and return how many timed runs to do.
-
-    The first run allocates and is ignored; the second, timed, says how many
-    runs fit ``budget_s`` (clamped to MIN_RUNS..MAX_RUNS) unless ``repeats`` is fixed.
-    """
-    session.run(None, feeds)
-    start = time.perf_counter()
-    session.run(None, feeds)
-    once_s = time.perf_counter() - start
-    if repeats is not None:
-        return repeats
-    return int(min(MAX_RUNS, max(MIN_RUNS, budget_s // max(once_s, 1e-9))))
-
-
-def _timed_runs(session: ort.InferenceSession, feeds: Feeds, runs: int,
-                progress: Progress | None = None) -> list[float]:
-    """Seconds of each of ``runs`` calls to ``session.run``."""
-    samples = []
-    for done in range(1, runs + 1):
-        start = time.perf_counter()
-        session.run(None, feeds)
-        samples.append(time.perf_counter() - start)
-        if progress is not None:
-            progress(done, runs)
-    return samples
 
 
 def _whole_model_seconds(graph: OpGraph, feeds: Feeds, threads: int, repeats: int | None) -> float:

@@ -1,0 +1,218 @@
+"""Calibration: run each part of a plan on each processor kind until its history model is trusted.
+
+For every CPU kind (``cpu:<threads>t``) and batch size, the parts run on their
+real inputs (the plan executed once in order), warm up, then are timed until
+:class:`perfmodels.history.HistoryModel` trusts the entry.  Samples go to the
+per-host store (:class:`perfmodels.store.PerfModelStore`).  When the source
+model is at hand, its nodes are profiled at the same batch and kind, and the
+composition correction (:mod:`perfmodels.composition`) is fitted from the
+measured parts and stored too.
+
+GPU and accelerator kinds join when the runtime's workers exist (their
+sessions come from the worker layer); until then only CPU kinds calibrate.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from hetsched.sequential import SequentialRunner
+from partitioner.errors import UsageError
+from partitioner.feeds import random_values
+from partitioner.graph import build_graph
+from partitioner.plan import PartitionPlan
+from perfmodels.composition import CompositionModel, CompositionSample, fit_composition, naive_sum
+from perfmodels.costs import NodeCosts
+from perfmodels.history import HistoryKey, HistoryModel, footprint, stage_id
+from perfmodels.measure import cpu_session, timed_runs
+from perfmodels.profile import DEFAULT_METHOD, profile
+from perfmodels.store import PerfModelStore
+from perfmodels.transfer import FORMAT as BUS_FORMAT
+from perfmodels.transfer import BusFormatError, BusModel
+from perfmodels.transfer import calibrate as calibrate_bus
+
+log = logging.getLogger(__name__)
+
+StepProgress = Callable[[str], Callable[[int, int], None]]
+BUS_DOC = "bus"
+COMPOSITION_DOC = "composition"
+COMPOSITION_FORMAT = "hetsched.compositions/1"
+MAX_COMPOSITION_SAMPLES = 2000
+MAX_RUNS_PER_ENTRY = 40  # stop calibrating an entry that outliers keep from trusting
+
+
+def cpu_arch(threads: int) -> str:
+    """The processor-kind key of a CPU core group running ``threads`` intra-op threads."""
+    return f"cpu:{threads}t"
+
+
+@dataclass
+class CalibrationReport:
+    """What calibration measured: per (part, arch, batch) median seconds, and fitted corrections."""
+
+    measured_s: dict[tuple[int, str, int], float] = field(default_factory=dict)
+    composition: dict[str, CompositionModel] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class PlanSource:
+    """A plan directory and its part models (weights not loaded: only interfaces are read)."""
+
+    directory: Path
+    plan: PartitionPlan
+    stages: list[str]
+
+    @classmethod
+    def open(cls, directory: str | os.PathLike[str]) -> PlanSource:
+        path = Path(directory)
+        plan = PartitionPlan.load(path)
+        stages = [stage_id((path / p.file).read_bytes()) for p in plan.parts]
+        return cls(path, plan, stages)
+
+    def input_values(self) -> list[onnx.ValueInfoProto]:
+        """Declared model inputs, gathered from the parts that read them."""
+        found: dict[str, onnx.ValueInfoProto] = {}
+        for part in self.plan.parts:
+            model = onnx.load(str(self.directory / part.file), load_external_data=False)
+            for value in model.graph.input:
+                if value.name in self.plan.model_inputs:
+                    found.setdefault(value.name, value)
+        return [found[name] for name in self.plan.model_inputs]
+
+    def source_model(self) -> Path | None:
+        """The source model file, when the plan names one that still exists."""
+        path = Path(self.plan.source_model)
+        return path if path.is_file() else None
+
+
+def calibrate(
+    directory: str | os.PathLike[str],
+    batches: Sequence[int],
+    threads: Sequence[int],
+    store: PerfModelStore,
+    min_samples: int = 5,
+    progress: StepProgress | None = None,
+) -> CalibrationReport:
+    """Calibrate every part at every batch on every CPU kind; results go into ``store``."""
+    source = PlanSource.open(directory)
+    report = CalibrationReport()
+    delta = HistoryModel(min_samples=min_samples)
+    for count in threads:
+        samples: list[CompositionSample] = []
+        for batch in batches:
+            label = f"{cpu_arch(count)} batch {batch}"
+            measured = _calibrate_batch(source, batch, count, delta, progress(label) if progress else None)
+            for index, seconds in measured.items():
+                report.measured_s[(index, cpu_arch(count), batch)] = seconds
+            samples += _composition_samples(source, batch, count, measured, report)
+        if samples:
+            model = _add_composition_samples(store, cpu_arch(count), samples)
+            if model is not None:
+                report.composition[model.arch] = model
+    store.add_history(delta)
+    return report
+
+
+def _calibrate_batch(
+    source: PlanSource, batch: int, threads: int, delta: HistoryModel,
+    progress: Callable[[int, int], None] | None,
+) -> dict[int, float]:
+    """Median seconds per part at one batch and thread count; every sample goes into ``delta``."""
+    feeds = random_values(source.input_values(), batch)
+    values = SequentialRunner(source.plan, source.directory, threads).run_all(feeds)
+    medians: dict[int, float] = {}
+    for done, part in enumerate(source.plan.parts, start=1):
+        inputs = {name: values[name] for name in part.inputs}
+        shapes = {name: tuple(np.shape(v)) for name, v in inputs.items()}
+        key = HistoryKey(source.stages[part.index], cpu_arch(threads), footprint(shapes))
+        session = cpu_session(source.directory / part.file, threads)
+        session.run(None, inputs)  # warm-up: the first run allocates
+        samples: list[float] = []
+        while not delta.is_trusted(key) and len(samples) < MAX_RUNS_PER_ENTRY:
+            run = timed_runs(session, inputs, 1)[0]
+            samples.append(run)
+            delta.record(key, run)
+        medians[part.index] = statistics.median(samples)
+        if progress is not None:
+            progress(done, len(source.plan.parts))
+    return medians
+
+
+def node_costs(source: PlanSource, batch: int, threads: int) -> NodeCosts | None:
+    """The source model's node profile at this batch and kind, cached in ``<plan dir>/costs/``."""
+    cache = source.directory / "costs" / f"batch{batch}-{cpu_arch(threads).replace(':', '')}.json"
+    if cache.is_file():
+        return NodeCosts.load(cache)
+    model = source.source_model()
+    if model is None:
+        return None
+    costs = profile(build_graph(model, batch=batch), DEFAULT_METHOD, threads=threads)
+    if costs.model_sha256 != source.plan.source_sha256:
+        raise UsageError(f"{model} changed since it was partitioned; re-run `hetsched partition`")
+    cache.parent.mkdir(exist_ok=True)
+    costs.save(cache)
+    return costs
+
+
+def _composition_samples(
+    source: PlanSource, batch: int, threads: int, measured: dict[int, float], report: CalibrationReport
+) -> list[CompositionSample]:
+    costs = node_costs(source, batch, threads)
+    if costs is None:
+        note = f"no source model at {source.plan.source_model!r}: composition not fitted"
+        if note not in report.notes:
+            report.notes.append(note)
+        return []
+    return [
+        CompositionSample(naive_sum(costs.seconds, part.nodes), len(part.nodes), measured[part.index])
+        for part in source.plan.parts
+        if math.isfinite(measured.get(part.index, math.nan))
+    ]
+
+
+def _add_composition_samples(
+    store: PerfModelStore, arch: str, samples: list[CompositionSample]
+) -> CompositionModel | None:
+    """Keep the measured parts of every calibration (newest MAX_COMPOSITION_SAMPLES) and refit."""
+    doc = store.load_json(COMPOSITION_DOC, COMPOSITION_FORMAT) or {}
+    kept = doc.get("samples", {}).get(arch, []) + [[s.node_sum_s, s.n_nodes, s.measured_s] for s in samples]
+    kept = kept[-MAX_COMPOSITION_SAMPLES:]
+    everything = [CompositionSample(float(a), int(n), float(m)) for a, n, m in kept]
+    model = fit_composition(arch, everything) if len(everything) >= 2 else None
+    doc.setdefault("samples", {})[arch] = kept
+    if model is not None:
+        doc.setdefault("models", {})[arch] = model.to_dict()
+    store.save_json(COMPOSITION_DOC, COMPOSITION_FORMAT, doc)
+    return model
+
+
+def ensure_bus_model(store: PerfModelStore, progress: Callable[[int, int], None] | None = None
+                     ) -> tuple[BusModel, bool]:
+    """The stored bus model, or a fresh calibration saved to the store (StarPU calibrates its bus
+    once per host, on first start).  Returns the model and whether it was calibrated now."""
+    doc = store.load_json(BUS_DOC, BUS_FORMAT)
+    if doc is not None:
+        try:
+            return BusModel.from_dict(doc), False
+        except (BusFormatError, ValueError, KeyError, TypeError) as exc:
+            log.warning("stored bus model unreadable (%s); calibrating again", exc)
+    bus = calibrate_bus(progress=progress)
+    store.save_json(BUS_DOC, BUS_FORMAT, bus.to_dict())
+    return bus, True
+
+
+def load_composition(store: PerfModelStore, arch: str) -> CompositionModel | None:
+    """The stored composition correction of a processor kind, if calibrated."""
+    doc = store.load_json(COMPOSITION_DOC, COMPOSITION_FORMAT) or {}
+    raw = doc.get("models", {}).get(arch)
+    return CompositionModel.from_dict(raw) if raw else None

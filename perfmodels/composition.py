@@ -1,0 +1,87 @@
+"""A part's time from its nodes' profiled times: the naive sum, and a learned correction.
+
+Summing node times is wrong both ways: ONNX Runtime fuses nodes and keeps data
+in cache inside a session, and every part pays a session call and the copies
+of its inputs and outputs.  Following the split-inference latency model, the
+correction is linear in what a part is made of, per processor kind::
+
+    t_part = alpha * sum(node times) + c0 * (number of nodes) + c1
+
+fitted on measured parts by least squares in relative terms (every part counts
+the same whatever its size), with every coefficient kept >= 0 (an exhaustive
+active-set search over the three, which is exact for so few parameters).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+FORMAT = "hetsched.composition/1"
+
+
+def naive_sum(node_costs_s: Mapping[str, float], nodes: Iterable[str]) -> float:
+    """Sum of the profiled seconds of ``nodes`` (0 for nodes the profile does not name)."""
+    return float(sum(node_costs_s.get(name, 0.0) for name in nodes))
+
+
+@dataclass(frozen=True)
+class CompositionSample:
+    """One measured part: its nodes' summed profile, its node count, its measured seconds."""
+
+    node_sum_s: float
+    n_nodes: int
+    measured_s: float
+
+
+@dataclass(frozen=True)
+class CompositionModel:
+    """``alpha * node_sum + c0_s * n_nodes + c1_s`` for one processor kind."""
+
+    arch: str
+    alpha: float
+    c0_s: float
+    c1_s: float
+    samples: int
+    rel_rmse: float  # relative RMS error on the parts it was fitted on
+
+    def predict(self, node_sum_s: float, n_nodes: int) -> float:
+        return self.alpha * node_sum_s + self.c0_s * n_nodes + self.c1_s
+
+    def to_dict(self) -> dict[str, object]:
+        return {"format": FORMAT, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, object]) -> CompositionModel:
+        if raw.get("format") != FORMAT:
+            raise ValueError(f"composition model format {raw.get('format')!r} is not {FORMAT!r}")
+        fields = {k: v for k, v in raw.items() if k != "format"}
+        return cls(**fields)  # type: ignore[arg-type]
+
+
+def fit_composition(arch: str, samples: Sequence[CompositionSample]) -> CompositionModel:
+    """Least-squares fit with non-negative coefficients; needs at least 2 samples."""
+    usable = [s for s in samples if s.measured_s > 0 and math.isfinite(s.measured_s)]
+    if len(usable) < 2:
+        raise ValueError(f"{arch}: a composition fit needs >= 2 measured parts, got {len(usable)}")
+    y = np.array([s.measured_s for s in usable])
+    columns = np.array([[s.node_sum_s, s.n_nodes, 1.0] for s in usable]) / y[:, None]  # relative
+    target = np.ones(len(usable))
+    best: tuple[float, np.ndarray] | None = None
+    for size in (3, 2, 1):
+        for active in itertools.combinations(range(3), size):
+            coef = np.zeros(3)
+            solution = np.linalg.lstsq(columns[:, active], target, rcond=None)[0]
+            if np.any(solution < 0):
+                continue
+            coef[list(active)] = solution
+            error = float(np.sqrt(np.mean((columns @ coef - target) ** 2)))
+            if best is None or error < best[0] - 1e-12:
+                best = (error, coef)
+    assert best is not None  # a single column always has a non-negative solution for y > 0
+    error, coef = best
+    return CompositionModel(arch, float(coef[0]), float(coef[1]), float(coef[2]), len(usable), error)

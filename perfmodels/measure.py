@@ -1,0 +1,88 @@
+"""Timing ONNX Runtime sessions the way a CPU worker runs them: the one place sessions are made.
+
+Profiling, calibration, the reference executor and the benches all build CPU
+sessions here, so what is measured is what runs: ``intra_op_num_threads`` =
+the core group's size (never more: two sessions spinning on the same cores
+halve throughput), one inter-op thread, sequential execution, all graph
+optimizations on.  onnxruntime is imported lazily, so importing
+:mod:`perfmodels` stays free of it.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import onnx
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
+
+Progress = Callable[[int, int], None]
+Feeds = Mapping[str, Any]
+ModelSource = str | os.PathLike[str] | bytes | onnx.ModelProto
+
+WARMUP_RUNS = 2  # the first run allocates; the second is timed to plan the count
+MIN_RUNS = 3  # fewer samples make the median meaningless
+MAX_RUNS = 25  # with repeats=None, never more timed runs than this or than fit the budget
+
+
+def cpu_session(model: ModelSource, threads: int = 1, profile_prefix: str | None = None
+                ) -> ort.InferenceSession:
+    """A CPU session with a worker's options; ONNX Runtime profiling on when ``profile_prefix`` is set."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3  # ORT's own warnings (unused initializers...) are noise here
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
+    if isinstance(model, onnx.ModelProto):
+        source: str | bytes = model.SerializeToString()
+    else:
+        source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def warm_up(session: ort.InferenceSession, feeds: Feeds, repeats: int | None, budget_s: float) -> int:
+    """Run :data:`WARMUP_RUNS` runs and return how many timed runs to do.
+
+    The first run allocates and is ignored; the second, timed, says how many
+    runs fit ``budget_s`` (clamped to MIN_RUNS..MAX_RUNS) unless ``repeats`` is fixed.
+    """
+    session.run(None, dict(feeds))
+    start = time.perf_counter()
+    session.run(None, dict(feeds))
+    once_s = time.perf_counter() - start
+    if repeats is not None:
+        return repeats
+    return int(min(MAX_RUNS, max(MIN_RUNS, budget_s // max(once_s, 1e-9))))
+
+
+def timed_runs(session: ort.InferenceSession, feeds: Feeds, runs: int,
+               progress: Progress | None = None) -> list[float]:
+    """Seconds of each of ``runs`` calls to ``session.run``."""
+    samples = []
+    inputs = dict(feeds)
+    for done in range(1, runs + 1):
+        start = time.perf_counter()
+        session.run(None, inputs)
+        samples.append(time.perf_counter() - start)
+        if progress is not None:
+            progress(done, runs)
+    return samples
+
+
+def median_seconds(model: ModelSource, feeds: Feeds, threads: int = 1, repeats: int | None = None,
+                   budget_s: float = 1.0) -> tuple[float, list[float]]:
+    """Median seconds of one run of ``model`` on ``feeds`` (and the samples), after warm-up."""
+    session = cpu_session(model, threads)
+    runs = warm_up(session, feeds, repeats, budget_s)
+    samples = timed_runs(session, feeds, runs)
+    return statistics.median(samples), samples

@@ -1,0 +1,41 @@
+"""The composition correction: exact on synthetic parts, never negative, round-trips."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from perfmodels.composition import CompositionModel, CompositionSample, fit_composition, naive_sum
+
+
+def parts(alpha: float, c0: float, c1: float) -> list[CompositionSample]:
+    shapes = [(0.004, 10), (0.010, 40), (0.001, 3), (0.020, 90), (0.0005, 12), (0.007, 25)]
+    return [CompositionSample(s, n, alpha * s + c0 * n + c1) for s, n in shapes]
+
+
+def test_recovers_known_coefficients() -> None:
+    model = fit_composition("cpu:1t", parts(0.9, 2e-6, 3e-5))
+    assert (model.alpha, model.c0_s, model.c1_s) == pytest.approx((0.9, 2e-6, 3e-5), rel=1e-6)
+    assert model.rel_rmse < 1e-9
+    assert model.predict(0.01, 20) == pytest.approx(0.9 * 0.01 + 2e-6 * 20 + 3e-5)
+
+
+def test_coefficients_never_go_negative() -> None:
+    """Parts faster than their node sum by a per-node amount would want c0 < 0: it is clamped."""
+    samples = [CompositionSample(s, n, max(1e-6, s - 1e-5 * n)) for s, n in
+               [(0.004, 10), (0.010, 40), (0.001, 3), (0.020, 90)]]
+    model = fit_composition("cpu:1t", samples)
+    assert min(model.alpha, model.c0_s, model.c1_s) >= 0
+
+
+def test_needs_two_parts() -> None:
+    with pytest.raises(ValueError, match=">= 2 measured parts"):
+        fit_composition("cpu:1t", parts(1, 0, 0)[:1])
+
+
+def test_naive_sum_ignores_unknown_nodes_and_round_trip() -> None:
+    assert naive_sum({"a": 1.0, "b": 2.0}, ["a", "c"]) == 1.0
+    model = fit_composition("cpu:2t", parts(1.1, 0, 1e-4))
+    assert CompositionModel.from_dict(model.to_dict()) == model
+    assert math.isfinite(model.rel_rmse)
