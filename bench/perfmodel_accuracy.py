@@ -1,14 +1,15 @@
 """How well each perf model predicts a part's measured latency, per zoo model.
 
 For every zoo model, plans 0.8/0.2 and 4 x 0.25, 1 and 2 threads, batches 1..32
-(those whose whole-model run fits --max-run-s, so the heavy models stop early):
+(batch 1 always; larger ones while the whole-model run fits --max-run-s):
 the parts run on their real inputs; the first --train runs feed a history model,
 the next --test runs are the "measured" latency (median).  Predictors:
 
 - naive: sum of the part's node times (ort-profile of the whole model, same batch and threads);
-- composition: the fitted correction alpha * sum + c0 * nodes + c1, fitted
+- composition: the fitted correction alpha * scaled sum + c0 * nodes + c1 (the sum scaled so the
+  model's node times add up to its measured run), fitted
   leaving this model out (the other models' parts only), per thread count;
-- history: mean of the training runs at the same batch;
+- history: the history model (Welford mean, outliers rejected) fed the training runs;
 - regression: batch-size fit over the other batches' history, at held-out batches inside their range.
 
 Writes bench/results/perfmodel_accuracy.json, a PNG and its section of bench/RESULTS.md.
@@ -37,7 +38,9 @@ from hetsched.sequential import SequentialRunner
 from partitioner.feeds import random_feeds
 from partitioner.graph import build_graph
 from partitioner.partition import partition
-from perfmodels.composition import CompositionSample, fit_composition, naive_sum
+from perfmodels.composition import CompositionSample, fit_composition, naive_sum, scaled_node_sum
+from perfmodels.costs import NodeCosts
+from perfmodels.history import HistoryKey, HistoryModel
 from perfmodels.measure import cpu_session, timed_runs
 from perfmodels.profile import profile
 from perfmodels.regression import fit_batch_model
@@ -59,32 +62,37 @@ def measure_model(name: str, threads: list[int], args: argparse.Namespace) -> li
             started = time.perf_counter()
             graph = build_graph(model, batch=batch)
             costs = profile(graph, threads=count, repeats=3)
-            if costs.whole_model_s > args.max_run_s:
+            if batch > 1 and costs.whole_model_s > args.max_run_s:
                 print(f"  {name}: {count}t batch {batch} skipped (whole model {costs.whole_model_s:.2f} s)")
                 break
             feeds = random_feeds(model, batch)
             for label, result in plans.items():
-                rows += _measure_plan(name, label, result, feeds, costs.seconds, count, batch, args)
+                rows += _measure_plan(name, label, result, feeds, costs, count, batch, args)
             elapsed = time.perf_counter() - started
             print(f"  {name}: {count}t batch {batch} done in {elapsed:.1f} s", flush=True)
     return rows
 
 
 def _measure_plan(name: str, label: str, result: Any, feeds: dict[str, np.ndarray],
-                  node_s: dict[str, float], threads: int, batch: int,
+                  costs: NodeCosts, threads: int, batch: int,
                   args: argparse.Namespace) -> list[dict[str, Any]]:
     sources = [p.model for p in result.parts]
     values = SequentialRunner(result.plan, sources, threads).run_all(feeds)
     rows = []
+    history = HistoryModel(min_samples=3)  # samples 4 and 5 may be rejected as outliers
     for part, source in zip(result.plan.parts, sources):
         inputs = {n: values[n] for n in part.inputs}
         session = cpu_session(source, threads)
         session.run(None, inputs)  # allocation run
         samples = timed_runs(session, inputs, args.train + args.test)
+        key = HistoryKey(f"part{part.index}", f"cpu:{threads}t", f"batch={batch}")
+        for sample in samples[: args.train]:
+            history.record(key, sample)
         rows.append({
             "model": name, "plan": label, "part": part.index, "threads": threads, "batch": batch,
-            "nodes": len(part.nodes), "node_sum_s": naive_sum(node_s, part.nodes),
-            "history_s": statistics.fmean(samples[: args.train]),
+            "nodes": len(part.nodes), "node_sum_s": naive_sum(costs.seconds, part.nodes),
+            "scaled_sum_s": scaled_node_sum(costs, part.nodes),
+            "history_s": history.predict(key),
             "measured_s": statistics.median(samples[args.train:]),
         })
     return rows
@@ -97,12 +105,12 @@ def predict_all(rows: list[dict[str, Any]]) -> None:
         by_threads[row["threads"]].append(row)
     for count, group in by_threads.items():
         for name in {r["model"] for r in group}:
-            others = [CompositionSample(r["node_sum_s"], r["nodes"], r["measured_s"])
+            others = [CompositionSample(r["scaled_sum_s"], r["nodes"], r["measured_s"])
                       for r in group if r["model"] != name]
             fit = fit_composition(f"cpu:{count}t", others) if len(others) >= 2 else None
             for r in group:
                 if r["model"] == name:
-                    r["composition_s"] = fit.predict(r["node_sum_s"], r["nodes"]) if fit else float("nan")
+                    r["composition_s"] = fit.predict(r["scaled_sum_s"], r["nodes"]) if fit else float("nan")
     series: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         r["naive_s"] = r["node_sum_s"]
@@ -180,11 +188,19 @@ def main() -> int:
     parser.add_argument("--max-run-s", type=float, default=0.4)
     parser.add_argument("--train", type=int, default=5)
     parser.add_argument("--test", type=int, default=5)
+    parser.add_argument("--append", action="store_true",
+                        help="keep the other models' rows of the last run's JSON (re-measure only --models)")
     args = parser.parse_args()
     threads = [int(t) for t in args.threads.split(",")]
+    names = args.models.split(",")
+    previous = HERE / "results" / "perfmodel_accuracy.json"
     rows: list[dict[str, Any]] = []
-    for name in args.models.split(","):
+    if args.append and previous.exists():
+        rows = [r for r in json.loads(previous.read_text())["rows"] if r["model"] not in names]
+    for name in names:
         rows += measure_model(name, threads, args)
+    order = list(zoo.NAMES)
+    rows.sort(key=lambda r: (order.index(r["model"]), r["plan"], r["threads"], r["batch"], r["part"]))
     predict_all(rows)
     table = errors(rows)
     out = HERE / "results"

@@ -30,7 +30,7 @@ from partitioner.errors import UsageError
 from partitioner.feeds import random_values
 from partitioner.graph import build_graph
 from partitioner.plan import PartitionPlan
-from perfmodels.composition import CompositionModel, CompositionSample, fit_composition, naive_sum
+from perfmodels.composition import CompositionModel, CompositionSample, fit_composition, scaled_node_sum
 from perfmodels.costs import NodeCosts
 from perfmodels.history import HistoryKey, HistoryModel, footprint, stage_id
 from perfmodels.measure import cpu_session, timed_runs
@@ -174,7 +174,7 @@ def _composition_samples(
             report.notes.append(note)
         return []
     return [
-        CompositionSample(naive_sum(costs.seconds, part.nodes), len(part.nodes), measured[part.index])
+        CompositionSample(scaled_node_sum(costs, part.nodes), len(part.nodes), measured[part.index])
         for part in source.plan.parts
         if math.isfinite(measured.get(part.index, math.nan))
     ]

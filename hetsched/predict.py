@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from hetsched.calibrate import PlanSource, cpu_arch, load_composition, node_costs
 from partitioner.plan import PlanPart
-from perfmodels.composition import CompositionModel, naive_sum
+from perfmodels.composition import CompositionModel, naive_sum, scaled_node_sum
 from perfmodels.costs import NodeCosts
 from perfmodels.history import HistoryModel
 from perfmodels.regression import fit_batch_model
@@ -102,7 +102,6 @@ def _from_nodes(
 ) -> tuple[float, str]:
     if costs is None:
         return math.nan, "none"
-    total = naive_sum(costs.seconds, part.nodes)
     if composition is None:
-        return total, "node-sum"
-    return composition.predict(total, len(part.nodes)), "composition"
+        return naive_sum(costs.seconds, part.nodes), "node-sum"
+    return composition.predict(scaled_node_sum(costs, part.nodes), len(part.nodes)), "composition"

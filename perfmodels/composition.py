@@ -5,7 +5,13 @@ in cache inside a session, and every part pays a session call and the copies
 of its inputs and outputs.  Following the split-inference latency model, the
 correction is linear in what a part is made of, per processor kind::
 
-    t_part = alpha * sum(node times) + c0 * (number of nodes) + c1
+    t_part = alpha * S + c0 * (number of nodes) + c1
+
+where S is the part's node times summed and scaled by (whole-model time /
+all node times) of the same profile (:func:`scaled_node_sum`): ONNX Runtime's
+profiler adds its own cost per kernel and the machine's load drifts between
+profiles, and this scaling cancels both, leaving the correction only what
+splitting itself costs (session calls, input/output copies, lost fusions).
 
 fitted on measured parts by least squares in relative terms (every part counts
 the same whatever its size), with every coefficient kept >= 0 (an exhaustive
@@ -21,6 +27,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from perfmodels.costs import NodeCosts
+
 FORMAT = "hetsched.composition/1"
 
 
@@ -29,9 +37,16 @@ def naive_sum(node_costs_s: Mapping[str, float], nodes: Iterable[str]) -> float:
     return float(sum(node_costs_s.get(name, 0.0) for name in nodes))
 
 
+def scaled_node_sum(costs: NodeCosts, nodes: Iterable[str]) -> float:
+    """The part's node times, scaled so that all of the model's nodes add up to its measured run."""
+    total = costs.total_s()
+    scale = costs.whole_model_s / total if total > 0 and costs.whole_model_s > 0 else 1.0
+    return naive_sum(costs.seconds, nodes) * scale
+
+
 @dataclass(frozen=True)
 class CompositionSample:
-    """One measured part: its nodes' summed profile, its node count, its measured seconds."""
+    """One measured part: its :func:`scaled_node_sum`, its node count, its measured seconds."""
 
     node_sum_s: float
     n_nodes: int

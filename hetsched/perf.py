@@ -1,0 +1,82 @@
+"""What the scheduler knows about time: history-based predictions, transfer estimates, and learning.
+
+:class:`HistoryOracle` is the production :class:`~hetsched.scheduler.PerfOracle`:
+compute time from the history model at the task's exact footprint, else from a
+batch-size regression over the batches this stage ran at on that kind (inside
+their range only), else NaN ("not calibrated: run it there"); transfers from the
+bus model (0 on the same memory node).  Every executed task is recorded, so the
+models keep learning while serving.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Mapping
+
+from hetsched.task import Task, WorkerSpec
+from perfmodels.history import HistoryKey, HistoryModel
+from perfmodels.regression import fit_batch_model
+from perfmodels.transfer import BusModel
+
+
+class HistoryOracle:
+    """Predictions from a :class:`HistoryModel` and a :class:`BusModel`; records every run."""
+
+    def __init__(self, history: HistoryModel, bus: BusModel | None = None) -> None:
+        self.history = history
+        self.bus = bus or BusModel()
+        self._fits: dict[tuple[str, str], tuple[int, object]] = {}
+        self._lock = threading.Lock()
+
+    def predict(self, task: Task, worker: WorkerSpec) -> float:
+        key = HistoryKey(task.stage, worker.arch, task.footprint)
+        exact = self.history.predict(key)
+        if math.isfinite(exact):
+            return exact
+        return self._regression(task.stage, worker.arch, task.batch)
+
+    def _regression(self, stage: str, arch: str, batch: int) -> float:
+        points = [(b, mean_s) for b, mean_s, _ in self.history.batch_points(stage, arch)]
+        if len({b for b, _ in points}) < 2:
+            return math.nan
+        with self._lock:  # refit only when the set of points changed
+            cached = self._fits.get((stage, arch))
+            if cached is None or cached[0] != len(points):
+                cached = (len(points), fit_batch_model(points))
+                self._fits[(stage, arch)] = cached
+        fit = cached[1]
+        return fit.predict(batch) if fit is not None else math.nan  # type: ignore[attr-defined]
+
+    def transfer(self, task: Task, worker: WorkerSpec) -> float:
+        total = 0.0
+        for name, nbytes in task.input_bytes.items():
+            nodes = task.input_nodes.get(name, set())
+            if worker.memory_node in nodes or not nodes:
+                continue
+            costs = [self.bus.predict(src, worker.memory_node, nbytes) for src in nodes]
+            finite = [c for c in costs if math.isfinite(c)]
+            total += min(finite) if finite else 0.0  # an uncalibrated link costs nothing rather than NaN
+        return total
+
+    def record(self, task: Task, worker: WorkerSpec, duration_s: float) -> None:
+        if duration_s > 0 and math.isfinite(duration_s):
+            self.history.record(HistoryKey(task.stage, worker.arch, task.footprint), duration_s)
+
+
+class TableOracle:
+    """Fixed compute times per (stage, arch): for simulations and policy tests; records nothing."""
+
+    def __init__(self, seconds: Mapping[tuple[str, str], float], transfer_s: float = 0.0) -> None:
+        self.seconds = dict(seconds)
+        self.transfer_s = transfer_s
+
+    def predict(self, task: Task, worker: WorkerSpec) -> float:
+        return self.seconds.get((task.stage, worker.arch), math.nan)
+
+    def transfer(self, task: Task, worker: WorkerSpec) -> float:
+        moved = [n for n, nodes in task.input_nodes.items() if nodes and worker.memory_node not in nodes]
+        return self.transfer_s * len(moved)
+
+    def record(self, task: Task, worker: WorkerSpec, duration_s: float) -> None:
+        """A table does not learn."""

@@ -1,0 +1,78 @@
+"""The policy interface: a few hooks the scheduler calls (StarPU's push/pop/post-exec hooks).
+
+Every hook runs under the scheduler's lock, so a policy needs no locking of its
+own and must not block: it only decides.  Hooks:
+
+- ``push(task)``: the scheduler calls it once per task, when the task becomes
+  ready (all its inputs produced), or again after the task failed on a worker
+  and is retried elsewhere.  A policy may pick the worker now (dmda) or keep
+  the task in a shared queue (eager).
+- ``pop(worker)``: called whenever ``worker`` is idle and every core it needs
+  is free — after each push and after each task ends.  Return the task it
+  should run now, or None.  Returning a task commits the worker to it.
+- ``on_done(task, worker, duration_s)``: after a task ran successfully.
+
+A policy learns about the platform through :class:`PolicyContext`: the workers,
+the clock, predicted compute and transfer times, and ``prefetch`` to start
+moving a task's inputs to the chosen worker as soon as it is chosen.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+from hetsched.clock import Clock
+from hetsched.task import Task, WorkerSpec
+
+
+@dataclass(frozen=True)
+class PolicyContext:
+    """What a policy may know and do; built by the scheduler."""
+
+    workers: Sequence[WorkerSpec]
+    clock: Clock
+    predict_s: Callable[[Task, WorkerSpec], float]  # compute seconds, NaN when not calibrated
+    transfer_s: Callable[[Task, WorkerSpec], float]  # seconds to bring the inputs to the worker
+    prefetch: Callable[[Task, WorkerSpec], None]  # start moving the inputs there now
+    can_run: Callable[[Task, WorkerSpec], bool]  # the worker has a session for the task's stage
+
+    def eligible(self, task: Task) -> list[WorkerSpec]:
+        """Workers that may run ``task``: they hold its stage and it has not failed there."""
+        return [w for w in self.workers if w.name not in task.failed_on and self.can_run(task, w)]
+
+
+class Policy(ABC):
+    """Base of every policy; subclasses register themselves by ``name``."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+
+    def __init__(self) -> None:
+        self.ctx: PolicyContext | None = None
+
+    def attach(self, ctx: PolicyContext) -> None:
+        """Called once by the scheduler before any other hook."""
+        self.ctx = ctx
+
+    @property
+    def context(self) -> PolicyContext:
+        if self.ctx is None:
+            raise RuntimeError(f"policy {self.name!r} used before the scheduler attached it")
+        return self.ctx
+
+    @abstractmethod
+    def push(self, task: Task) -> None: ...
+
+    @abstractmethod
+    def pop(self, worker: WorkerSpec) -> Task | None: ...
+
+    def on_done(self, task: Task, worker: WorkerSpec, duration_s: float) -> None:
+        """Default: nothing to learn (the scheduler feeds the perf models itself)."""
+
+
+def finite_or(value: float, default: float) -> float:
+    return value if math.isfinite(value) else default

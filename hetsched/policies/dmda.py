@@ -1,0 +1,138 @@
+"""dmda and dmdas: deque model data aware (StarPU), choosing each task's worker by expected completion.
+
+At push, for every worker w that may run the task::
+
+    transfer = time to bring the task's inputs to w's memory node
+    start    = max(w's expected free time, now + transfer)
+    end      = start + predicted length of the task on w's kind
+    fitness  = alpha * (end - best end over workers) + beta * transfer
+
+and the task goes to the worker of least fitness; its inputs are prefetched
+there at once, not when the worker frees up.  A worker whose perf model for the
+task is not calibrated yet (NaN) gets the task instead, to calibrate it, as
+StarPU does; the least busy such worker is chosen.
+
+Wide and narrow workers share cores.  Greedy completion times alone would send
+every task to the wide worker whenever it is faster per task, even under load
+(a narrow worker must wait for the wide one's reservation of its core too), so
+the queue would grow while half the cores' throughput is lost.  Hence a wide
+worker is a candidate only while its cores are expected to be idle: at low load
+a request gets every core, under load the narrow workers keep every core busy
+(StarPU's combined workers, with the mode chosen per task).
+
+Expected free times are kept per core
+(a worker is free when all its cores are), and every assignment reserves its
+cores in assignment order: a worker starts a task only when it holds the head
+reservation of each of its cores.  The globally oldest reservation can always
+start, so no two workers wait on each other.
+
+dmdas adds priorities: within one worker's queue, higher ``task.priority``
+first (the runtime gives older requests higher priority so work already in
+flight finishes first); the reservation order between workers is unchanged.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import deque
+
+from hetsched.policies.base import Policy, PolicyContext
+from hetsched.task import Task, WorkerSpec
+
+
+class Dmda(Policy):
+    name = "dmda"
+    description = "minimum expected completion (free time, transfer, predicted length); prefetch at once"
+
+    def __init__(self, alpha: float = 1.0, beta: float = 1.0) -> None:
+        super().__init__()
+        self.alpha = alpha
+        self.beta = beta
+        self._order = itertools.count()
+        self._queues: dict[str, list[tuple[int, Task]]] = {}
+        self._free_s: dict[str, float] = {}  # per core ("c3") or per coreless worker ("w:gpu0")
+        self._reservations: dict[str, deque[tuple[int, str]]] = {}  # slot -> (order, worker name)
+        self._wide: set[str] = set()  # workers whose cores strictly contain another worker's
+
+    @staticmethod
+    def _slots(worker: WorkerSpec) -> list[str]:
+        return [f"c{core}" for core in worker.cores] or [f"w:{worker.name}"]
+
+    def attach(self, ctx: PolicyContext) -> None:
+        super().attach(ctx)
+        self._wide = {w.name for w in ctx.workers
+                      if any(o.cores and set(o.cores) < set(w.cores) for o in ctx.workers)}
+
+    def _candidates(self, task: Task, now: float) -> list[WorkerSpec]:
+        """Eligible workers; wide ones only while their cores are expected idle."""
+        workers = self.context.eligible(task)
+        idle = [w for w in workers if w.name not in self._wide or self._expected_free_s(w, now) <= now]
+        return idle or workers
+
+    def _expected_free_s(self, worker: WorkerSpec, now: float) -> float:
+        return max([now] + [self._free_s.get(slot, now) for slot in self._slots(worker)])
+
+    def push(self, task: Task) -> None:
+        ctx = self.context
+        now = ctx.clock.now()
+        workers = self._candidates(task, now)
+        if not workers:
+            raise RuntimeError(f"{task}: no worker may run it (failed on {sorted(task.failed_on)})")
+        lengths = [ctx.predict_s(task, w) for w in workers]
+        transfers = [ctx.transfer_s(task, w) for w in workers]
+        uncalibrated = [i for i, length in enumerate(lengths) if not math.isfinite(length)]
+        if uncalibrated:
+            known = [length for length in lengths if math.isfinite(length)]
+            guess = min(known) if known else 0.0
+            choice = min(uncalibrated, key=lambda i: (self._expected_free_s(workers[i], now), i))
+            self._assign(task, workers[choice], guess, transfers[choice], now)
+            return
+        ends = [max(self._expected_free_s(w, now), now + t) + length
+                for w, t, length in zip(workers, transfers, lengths)]
+        best_end = min(ends)
+        fitness = [self.alpha * (end - best_end) + self.beta * t for end, t in zip(ends, transfers)]
+        choice = min(range(len(workers)), key=lambda i: (fitness[i], i))
+        self._assign(task, workers[choice], lengths[choice], transfers[choice], now)
+
+    def _assign(self, task: Task, worker: WorkerSpec, length_s: float, transfer_s: float, now: float) -> None:
+        order = next(self._order)
+        end = max(self._expected_free_s(worker, now), now + transfer_s) + length_s
+        for slot in self._slots(worker):
+            self._free_s[slot] = end
+            self._reservations.setdefault(slot, deque()).append((order, worker.name))
+        self._queues.setdefault(worker.name, []).append((order, task))
+        task.worker = worker
+        task.predicted_s = length_s
+        self.context.prefetch(task, worker)
+
+    def _pick(self, queue: list[tuple[int, Task]]) -> tuple[int, Task]:
+        return queue[0]
+
+    def pop(self, worker: WorkerSpec) -> Task | None:
+        queue = self._queues.get(worker.name)
+        if not queue:
+            return None
+        slots = self._slots(worker)
+        if any(self._reservations[slot][0][1] != worker.name for slot in slots):
+            return None  # another worker reserved one of these cores earlier: it goes first
+        order, task = self._pick(queue)
+        queue.remove((order, task))
+        for slot in slots:
+            self._reservations[slot].remove((order, worker.name))
+        return task
+
+    def on_done(self, task: Task, worker: WorkerSpec, duration_s: float) -> None:
+        """A core with nothing reserved is free now, whatever the prediction said."""
+        now = self.context.clock.now()
+        for slot in self._slots(worker):
+            if not self._reservations.get(slot):
+                self._free_s[slot] = now
+
+
+class Dmdas(Dmda):
+    name = "dmdas"
+    description = "dmda, and within a worker's queue higher priority (older requests) first"
+
+    def _pick(self, queue: list[tuple[int, Task]]) -> tuple[int, Task]:
+        return min(queue, key=lambda item: (-item[1].priority, item[0]))

@@ -1,0 +1,242 @@
+"""The scheduler core: tasks become ready along the plan's DAG, a policy places them, an executor runs them.
+
+Time and threads are passed in (``clock``, ``executor``): production gives the
+monotonic clock and worker threads running ONNX Runtime; tests and what-if
+simulations give a fake clock and workers that "finish" by advancing it.  The
+same code runs on both.
+
+All state changes happen under one lock, in plain methods; policy hooks are
+called under it and never block.  Callbacks to the outside (a job finished)
+run after the lock is released.  The executor reports back with
+:meth:`Scheduler.task_done` from whatever thread ran the task.
+
+State, field by field:
+
+- ``_running``: worker name -> the task it runs now;
+- ``_busy_cores``: cores held by running tasks (a wide worker holds all of its group's);
+- ``_jobs``: jobs not finished yet, with ``_remaining`` tasks each.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from hetsched.clock import Clock
+from hetsched.policies.base import Policy, PolicyContext
+from hetsched.task import Job, Task, TaskState, WorkerSpec
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 3  # a task failing because of its worker is retried elsewhere at most this often
+
+
+class Executor(Protocol):
+    """Runs tasks for the scheduler; reports each end with ``scheduler.task_done``."""
+
+    def start(self, task: Task, worker: WorkerSpec) -> None:
+        """Begin running ``task`` on ``worker`` without blocking."""
+
+    def prefetch(self, task: Task, worker: WorkerSpec) -> None:
+        """Start moving the task's inputs to the worker's memory node (no-op when already there)."""
+
+
+class PerfOracle(Protocol):
+    """Predictions for the policy, and the sink of every measured duration."""
+
+    def predict(self, task: Task, worker: WorkerSpec) -> float: ...
+
+    def transfer(self, task: Task, worker: WorkerSpec) -> float: ...
+
+    def record(self, task: Task, worker: WorkerSpec, duration_s: float) -> None: ...
+
+
+class Instrument(Protocol):
+    """Observes task events (tracing, metrics); called under the scheduler lock, must be quick."""
+
+    def on_event(self, event: str, task: Task, worker: WorkerSpec | None, when_s: float) -> None: ...
+
+
+class WorkerFault(Exception):
+    """Raised by an executor when a task failed because of its worker (not its input): retry elsewhere."""
+
+
+@dataclass(frozen=True)
+class SchedulerStats:
+    """A frozen snapshot of the scheduler's counters."""
+
+    submitted_jobs: int
+    finished_jobs: int
+    failed_jobs: int
+    tasks_done: int
+    tasks_retried: int
+    running: tuple[str, ...]
+
+
+class Scheduler:
+    """Places every ready task with ``policy`` on ``workers`` and runs it with ``executor``."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        workers: Sequence[WorkerSpec],
+        *,
+        clock: Clock,
+        executor: Executor,
+        perf: PerfOracle,
+        can_run: Callable[[Task, WorkerSpec], bool] = lambda task, worker: True,
+        instruments: Sequence[Instrument] = (),
+    ) -> None:
+        if not workers:
+            raise ValueError("a scheduler needs at least one worker")
+        self.policy = policy
+        self.workers = list(workers)
+        self.clock = clock
+        self.executor = executor
+        self.perf = perf
+        self.instruments = list(instruments)
+        self._lock = threading.Lock()
+        self._running: dict[str, Task] = {}
+        self._busy_cores: set[int] = set()
+        self._remaining: dict[int, int] = {}  # id(job) -> tasks not done
+        self._counts = {"submitted": 0, "finished": 0, "failed": 0, "done": 0, "retried": 0}
+        policy.attach(PolicyContext(
+            workers=self.workers, clock=clock, predict_s=perf.predict, transfer_s=perf.transfer,
+            prefetch=executor.prefetch, can_run=can_run,
+        ))
+
+    # -- entry points -----------------------------------------------------------------------
+
+    def submit(self, job: Job) -> None:
+        """Queue every task of ``job``; those with no dependency become ready at once."""
+        finished: list[Job] = []
+        with self._lock:
+            now = self.clock.now()
+            self._counts["submitted"] += 1
+            self._remaining[id(job)] = len(job.tasks)
+            for task in job.tasks:
+                task.submit_s = now
+                self._emit("submit", task, None, now)
+            for task in job.tasks:
+                if not job.depends_on[task.part]:
+                    self._make_ready(task, now)
+            self._dispatch(finished)
+        self._notify(finished)
+
+    def task_done(self, task: Task, error: BaseException | None = None) -> None:
+        """The executor's report: ``task`` ended on ``task.worker``, successfully or with ``error``."""
+        finished: list[Job] = []
+        with self._lock:
+            now = self.clock.now()
+            worker = task.worker
+            assert worker is not None and self._running.get(worker.name) is task, f"{task} was not running"
+            del self._running[worker.name]
+            self._busy_cores.difference_update(worker.cores)
+            task.end_s = now
+            if error is None:
+                self._succeeded(task, worker, now, finished)
+            else:
+                self._failed(task, worker, error, now, finished)
+            self._dispatch(finished)
+        self._notify(finished)
+
+    def statistics(self) -> SchedulerStats:
+        with self._lock:
+            c = self._counts
+            return SchedulerStats(c["submitted"], c["finished"], c["failed"], c["done"], c["retried"],
+                                  tuple(sorted(self._running)))
+
+    # -- transitions (under the lock) -------------------------------------------------------
+
+    def _make_ready(self, task: Task, now: float) -> None:
+        task.state = TaskState.READY
+        task.ready_s = now
+        self._emit("ready", task, None, now)
+        self.policy.push(task)
+
+    def _succeeded(self, task: Task, worker: WorkerSpec, now: float, finished: list[Job]) -> None:
+        task.state = TaskState.DONE
+        duration = task.end_s - task.start_s
+        self._counts["done"] += 1
+        self._emit("end", task, worker, now)
+        self.perf.record(task, worker, duration)
+        self.policy.on_done(task, worker, duration)
+        job = task.job
+        for other in job.tasks:
+            if other.state is TaskState.WAITING and all(
+                job.tasks[d].state is TaskState.DONE for d in job.depends_on[other.part]
+            ):
+                self._make_ready(other, now)
+        self._task_closed(task, finished)
+
+    def _failed(self, task: Task, worker: WorkerSpec, error: BaseException, now: float,
+                finished: list[Job]) -> None:
+        self._emit("fail", task, worker, now)
+        task.failed_on.add(worker.name)
+        retry = isinstance(error, WorkerFault) and len(task.failed_on) < MAX_ATTEMPTS
+        if retry and any(w.name not in task.failed_on for w in self.workers):
+            log.warning("%s failed on %s (%s); retrying elsewhere", task, worker.name, error)
+            self._counts["retried"] += 1
+            self._make_ready(task, now)
+            return
+        task.state = TaskState.FAILED
+        job = task.job
+        if job.error is None:
+            job.error = error.__cause__ if isinstance(error, WorkerFault) and error.__cause__ else error
+        self._task_closed(task, finished)
+        for other in job.tasks:  # tasks still waiting for inputs will never get them
+            if other.state is TaskState.WAITING:
+                other.state = TaskState.FAILED
+                self._task_closed(other, finished)
+
+    def _task_closed(self, task: Task, finished: list[Job]) -> None:
+        key = id(task.job)
+        self._remaining[key] -= 1
+        if self._remaining[key] == 0:
+            del self._remaining[key]
+            task.job.finished = True
+            self._counts["failed" if task.job.error else "finished"] += 1
+            finished.append(task.job)
+
+    def _dispatch(self, finished: list[Job]) -> None:
+        """Offer every idle worker whose cores are free a task, until none takes one."""
+        progress = True
+        while progress:
+            progress = False
+            for worker in self.workers:
+                if worker.name in self._running or self._busy_cores.intersection(worker.cores):
+                    continue
+                task = self.policy.pop(worker)
+                while task is not None and task.job.error is not None:  # its job already failed
+                    task.state = TaskState.FAILED
+                    self._task_closed(task, finished)
+                    task = self.policy.pop(worker)
+                if task is not None:
+                    self._start(task, worker)
+                    progress = True
+
+    def _start(self, task: Task, worker: WorkerSpec) -> None:
+        now = self.clock.now()
+        task.state = TaskState.RUNNING
+        task.worker = worker
+        task.start_s = now
+        if not math.isfinite(task.predicted_s):
+            task.predicted_s = self.perf.predict(task, worker)
+        self._running[worker.name] = task
+        self._busy_cores.update(worker.cores)
+        self._emit("start", task, worker, now)
+        self.executor.start(task, worker)
+
+    def _emit(self, event: str, task: Task, worker: WorkerSpec | None, when_s: float) -> None:
+        for instrument in self.instruments:
+            instrument.on_event(event, task, worker, when_s)
+
+    @staticmethod
+    def _notify(jobs: list[Job]) -> None:
+        for job in jobs:
+            if job.on_done is not None:
+                job.on_done(job, job.error)

@@ -1,0 +1,105 @@
+"""The machine's processors: CPU packages, NUMA nodes and cores (from /sys and psutil), GPUs, and
+the worker layout built on them.
+
+Core groups come from the NUMA nodes (``"numa"``), the sockets (``"socket"``)
+or an explicit ``"NxK"`` (N groups of K cores).  Each group of more than one
+core yields one *wide* worker (all its cores, ``cpu:<K>t``) and K *narrow*
+workers (one core each, ``cpu:1t``) over the same cores; the scheduler never
+runs two of them on one core at once.  ``"auto"`` groups by NUMA node.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from hetsched.errors import UsageError
+from hetsched.task import WorkerSpec
+
+log = logging.getLogger(__name__)
+SYS_CPU = Path("/sys/devices/system/cpu")
+SYS_NODE = Path("/sys/devices/system/node")
+
+
+@dataclass(frozen=True)
+class Core:
+    id: int  # OS logical CPU number
+    package: int
+    numa_node: int
+
+
+@dataclass(frozen=True)
+class Topology:
+    """What this process may run on: its allowed cores, with their package and NUMA node."""
+
+    cores: tuple[Core, ...]
+
+    @property
+    def numa_nodes(self) -> list[int]:
+        return sorted({c.numa_node for c in self.cores})
+
+    @property
+    def packages(self) -> list[int]:
+        return sorted({c.package for c in self.cores})
+
+
+def parse_cpu_list(text: str) -> list[int]:
+    """'0-3,8,10-11' -> [0, 1, 2, 3, 8, 10, 11] (the kernel's cpulist format)."""
+    out: list[int] = []
+    for chunk in text.strip().split(","):
+        if not chunk:
+            continue
+        low, _, high = chunk.partition("-")
+        out.extend(range(int(low), int(high or low) + 1))
+    return out
+
+
+def discover(sys_cpu: Path = SYS_CPU, sys_node: Path = SYS_NODE) -> Topology:
+    """Read the topology of the cores this process may use (its affinity mask)."""
+    allowed = sorted(os.sched_getaffinity(0))
+    node_of: dict[int, int] = {}
+    for node_dir in sorted(sys_node.glob("node[0-9]*")):
+        cpulist = node_dir / "cpulist"
+        if cpulist.is_file():
+            for cpu in parse_cpu_list(cpulist.read_text()):
+                node_of[cpu] = int(node_dir.name[4:])
+    cores = []
+    for cpu in allowed:
+        package_file = sys_cpu / f"cpu{cpu}" / "topology" / "physical_package_id"
+        package = int(package_file.read_text()) if package_file.is_file() else 0
+        cores.append(Core(cpu, package, node_of.get(cpu, 0)))
+    return Topology(tuple(cores))
+
+
+def core_groups(topology: Topology, spec: str = "auto") -> list[tuple[int, ...]]:
+    """Cores per group for ``spec``: "auto" | "numa" | "socket" | "NxK"."""
+    if spec in ("auto", "numa"):
+        return [tuple(c.id for c in topology.cores if c.numa_node == n) for n in topology.numa_nodes]
+    if spec == "socket":
+        return [tuple(c.id for c in topology.cores if c.package == p) for p in topology.packages]
+    count, sep, size = spec.partition("x")
+    if not sep or not count.isdigit() or not size.isdigit() or int(count) < 1 or int(size) < 1:
+        raise UsageError(
+            f"core groups {spec!r}: use auto, numa, socket or NxK (e.g. 2x1 for two 1-core groups)")
+    ids = [c.id for c in topology.cores]
+    need = int(count) * int(size)
+    if need > len(ids):
+        raise UsageError(f"core groups {spec!r} need {need} cores but this process may use {len(ids)}; "
+                         f"ask for at most {len(ids)} in all")
+    return [tuple(ids[i * int(size):(i + 1) * int(size)]) for i in range(int(count))]
+
+
+def cpu_workers(topology: Topology, spec: str = "auto", narrow: bool = True) -> list[WorkerSpec]:
+    """Per group: a wide worker over all its cores (listed first, so an idle machine offers it
+    first) and, with ``narrow``, one worker per core; a one-core group has just one worker."""
+    node_of = {c.id: c.numa_node for c in topology.cores}
+    workers: list[WorkerSpec] = []
+    for index, cores in enumerate(core_groups(topology, spec)):
+        memory = f"host:{node_of[cores[0]]}"
+        workers.append(WorkerSpec(f"cpu{index}", f"cpu:{len(cores)}t", memory, cores))
+        if narrow and len(cores) > 1:
+            workers += [WorkerSpec(f"cpu{index}.{core}", "cpu:1t", memory, (core,)) for core in cores]
+    log.info("workers %s: %s", spec, ", ".join(f"{w.name}={w.cores}" for w in workers))
+    return workers

@@ -1,0 +1,141 @@
+"""Policies on a simulated platform with a fake clock: where each task ran, in what order, and the
+schedule's invariants (dependencies respected, each task once) in every test."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from hetsched.clock import FakeClock
+from hetsched.perf import TableOracle
+from hetsched.policies import POLICIES, make_policy
+from hetsched.scheduler import Scheduler
+from hetsched.simulate import SimulatedExecutor, table_duration
+from hetsched.task import Job, Task, TaskState, WorkerSpec
+
+GPU = WorkerSpec("gpu0", "cuda:sim", "cuda:0", (), "cuda")
+CPU = WorkerSpec("cpu0", "cpu:1t", "host:0", (0,))
+WIDE = WorkerSpec("wide", "cpu:2t", "host:0", (0, 1))
+NARROW = [WorkerSpec("n0", "cpu:1t", "host:0", (0,)), WorkerSpec("n1", "cpu:1t", "host:0", (1,))]
+
+
+def make_job(name: str, stages: list[str], depends_on: list[list[int]], done: list[Job]) -> Job:
+    job = Job(name, depends_on, on_done=lambda j, error: done.append(j))
+    job.tasks = [Task(stage, i, job, footprint="x=1", batch=1,
+                      input_bytes={"x": 1000}, input_nodes={"x": {"host:0"}})
+                 for i, stage in enumerate(stages)]
+    return job
+
+
+def simulate(policy: str, workers: list[WorkerSpec], table: dict[tuple[str, str], float],
+             jobs: list[tuple[str, list[str], list[list[int]]]],
+             known: dict[tuple[str, str], float] | None = None,
+             ) -> tuple[float, SimulatedExecutor, list[Job]]:
+    """Submit every job at t=0, run to the end; ``known`` is what the perf model believes (default: truth)."""
+    clock = FakeClock()
+    executor = SimulatedExecutor(clock, table_duration(table))
+    scheduler = Scheduler(make_policy(policy), workers, clock=clock, executor=executor,
+                          perf=TableOracle(table if known is None else known))
+    executor.scheduler = scheduler
+    done: list[Job] = []
+    submitted = [make_job(name, stages, deps, done) for name, stages, deps in jobs]
+    for job in submitted:
+        scheduler.submit(job)
+    end = executor.run()
+    check_invariants(submitted, done, executor)
+    return end, executor, submitted
+
+
+def check_invariants(jobs: list[Job], done: list[Job], executor: SimulatedExecutor) -> None:
+    assert sorted(j.name for j in done) == sorted(j.name for j in jobs), "every job finishes once"
+    labels = [label for label, _ in executor.started]
+    assert len(labels) == len(set(labels)) == sum(len(j.tasks) for j in jobs), "each task runs once"
+    for job in jobs:
+        for task in job.tasks:
+            assert task.state is TaskState.DONE
+            for dep in job.depends_on[task.part]:
+                assert task.start_s >= job.tasks[dep].end_s, f"{task} started before its input"
+
+
+def single_tasks(n: int, reverse: bool = False) -> list[tuple[str, list[str], list[list[int]]]]:
+    names = [f"job{i:02d}" for i in range(n)]
+    return [(name, ["s"], [[]]) for name in (reversed(names) if reverse else names)]
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_dmda_prefers_gpu_when_cpu_model_is_1000x_slower(reverse: bool) -> None:
+    table = {("s", "cuda:sim"): 0.001, ("s", "cpu:1t"): 1.0}
+    end, executor, _ = simulate("dmda", [CPU, GPU], table, single_tasks(10, reverse))
+    assert {worker for _, worker in executor.started} == {"gpu0"}
+    assert end == pytest.approx(0.010)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_dmda_beats_eager_on_a_gpu_and_two_core_groups(reverse: bool) -> None:
+    workers = [WorkerSpec("g0", "cpu:1t", "host:0", (0,)), WorkerSpec("g1", "cpu:1t", "host:0", (1,)), GPU]
+    table = {("s", "cuda:sim"): 0.01, ("s", "cpu:1t"): 0.05}
+    dmda_end, executor, _ = simulate("dmda", workers, table, single_tasks(24, reverse))
+    eager_end, _, _ = simulate("eager", workers, table, single_tasks(24, reverse))
+    assert dmda_end < eager_end
+    used = {w for _, w in executor.started}
+    assert used == {"g0", "g1", "gpu0"}, "dmda keeps the CPUs busy too when the GPU queue is long"
+
+
+def test_uncalibrated_worker_gets_tasks_until_calibrated() -> None:
+    table = {("s", "cuda:sim"): 0.001, ("s", "cpu:1t"): 0.002}
+    believed = {("s", "cpu:1t"): 0.002}  # nothing known of the GPU yet
+    _, executor, _ = simulate("dmda", [CPU, GPU], table, single_tasks(1), known=believed)
+    assert executor.started == [("job00/0", "gpu0")]
+
+
+def test_wide_worker_when_idle_narrow_workers_under_load() -> None:
+    """One request gets both cores; eight at once keep both cores busy with narrow tasks."""
+    table = {("s", "cpu:2t"): 0.6, ("s", "cpu:1t"): 1.0}
+    workers = [WIDE, *NARROW]
+    _, alone, _ = simulate("dmda", workers, table, single_tasks(1))
+    assert alone.started == [("job00/0", "wide")]
+    end, loaded, _ = simulate("dmda", workers, table, single_tasks(8))
+    assert loaded.started[0][1] == "wide"
+    assert {w for _, w in loaded.started[1:]} == {"n0", "n1"}
+    assert end < 8 * 0.6, "narrow workers beat serializing everything on the wide one"
+
+
+@pytest.mark.parametrize("policy", sorted(POLICIES))
+@pytest.mark.parametrize("reverse", [False, True])
+def test_every_policy_respects_the_plan_dag(policy: str, reverse: bool) -> None:
+    """A diamond per job::
+
+        0 -> 1 -> 3
+        0 -> 2 -> 3
+    """
+    table = {(s, arch): t for s, t in (("a", 0.01), ("b", 0.02), ("c", 0.03), ("d", 0.01))
+             for arch in ("cpu:1t", "cpu:2t", "cuda:sim")}
+    diamond = [["a", "b", "c", "d"], [[], [0], [0], [1, 2]]]
+    names = [f"j{i}" for i in range(6)]
+    jobs = [(n, diamond[0], diamond[1]) for n in (reversed(names) if reverse else names)]
+    end, _, submitted = simulate(policy, [WIDE, *NARROW, GPU], table, jobs)
+    assert math.isfinite(end) and all(j.finished for j in submitted)
+
+
+def test_dmdas_runs_older_requests_first_on_a_worker() -> None:
+    clock = FakeClock()
+    table = {("s", "cpu:1t"): 1.0}
+    executor = SimulatedExecutor(clock, table_duration(table))
+    scheduler = Scheduler(make_policy("dmdas"), [CPU], clock=clock, executor=executor,
+                          perf=TableOracle(table))
+    executor.scheduler = scheduler
+    done: list[Job] = []
+    first = make_job("first", ["s"], [[]], done)
+    scheduler.submit(first)  # starts at once
+    low, high = make_job("low", ["s"], [[]], done), make_job("high", ["s"], [[]], done)
+    low.tasks[0].priority, high.tasks[0].priority = 0, 5
+    scheduler.submit(low)
+    scheduler.submit(high)
+    executor.run()
+    assert [label for label, _ in executor.started] == ["first/0", "high/0", "low/0"]
+
+
+def test_unknown_policy_lists_the_valid_ones() -> None:
+    with pytest.raises(ValueError, match="dmda"):
+        make_policy("fastest")
