@@ -1,7 +1,10 @@
 """hetsched: serve one ONNX model on every processor of a machine at once.
 
-The public names are re-exported here; everything else is internal.  Today:
-the error hierarchy and the reference executor; the runtime comes next.
+The public names are re-exported here; everything else is internal.
+
+    with hetsched.Runtime(workers="auto", policy="dmda") as rt:
+        model = rt.load("model.onnx", ratios=(0.8, 0.2), name="resnet")
+        out = model.infer({"input": x})
 """
 
 from hetsched.errors import (
@@ -10,12 +13,16 @@ from hetsched.errors import (
     CyclicPlanError,
     HetschedError,
     InternalError,
+    InvalidInputError,
     ModelFileError,
     PartitionError,
     PlanFormatError,
     RatiosError,
+    RuntimeClosedError,
+    TaskFailedError,
     UsageError,
 )
+from hetsched.runtime import Model, Runtime
 
 __version__ = "0.1.0"
 
@@ -25,10 +32,15 @@ __all__ = [
     "CyclicPlanError",
     "HetschedError",
     "InternalError",
+    "InvalidInputError",
+    "Model",
     "ModelFileError",
     "PartitionError",
     "PlanFormatError",
     "RatiosError",
+    "Runtime",
+    "RuntimeClosedError",
+    "TaskFailedError",
     "UsageError",
     "__version__",
 ]

@@ -130,11 +130,12 @@ def _calibrate_batch(
     """Median seconds per part at one batch and thread count; every sample goes into ``delta``."""
     feeds = random_values(source.input_values(), batch)
     values = SequentialRunner(source.plan, source.directory, threads).run_all(feeds)
+    # Keyed by the request's input shapes, as the runtime keys every task it runs.
+    request_footprint = footprint({name: tuple(np.shape(v)) for name, v in feeds.items()})
     medians: dict[int, float] = {}
     for done, part in enumerate(source.plan.parts, start=1):
         inputs = {name: values[name] for name in part.inputs}
-        shapes = {name: tuple(np.shape(v)) for name, v in inputs.items()}
-        key = HistoryKey(source.stages[part.index], cpu_arch(threads), footprint(shapes))
+        key = HistoryKey(source.stages[part.index], cpu_arch(threads), request_footprint)
         session = cpu_session(source.directory / part.file, threads)
         session.run(None, inputs)  # warm-up: the first run allocates
         samples: list[float] = []

@@ -7,10 +7,13 @@
     │   ├── ModelFileError           missing, truncated or non-ONNX model file
     │   ├── RatiosError              impossible partition ratios
     │   ├── PlanFormatError          unreadable or inconsistent plan.json
-    │   └── BusFormatError           a bus-model document of another format
+    │   ├── BusFormatError           a bus-model document of another format
+    │   └── InvalidInputError        infer() inputs of the wrong name, dtype or shape
     ├── PartitionError               no valid plan could be produced
     │   └── CyclicPlanError          the graph of parts has a cycle (``.cycle``)
     ├── CalibrationUnavailable       a calibration this machine cannot run (no GPU, no cupy)
+    ├── TaskFailedError              a part failed: ``.task``, ``.worker``, cause = the original error
+    ├── RuntimeClosedError           work submitted to a closed runtime
     └── InternalError                a broken invariant: a bug of ours
 
 The classes are defined in :mod:`partitioner.errors` (the lowest layer, so the
@@ -30,7 +33,28 @@ from partitioner.errors import (
 )
 from perfmodels.transfer import BusFormatError, CalibrationUnavailable
 
+
+class InvalidInputError(UsageError):
+    """Inputs to ``infer``/``submit`` that do not match the model; raised before anything is queued."""
+
+
+class TaskFailedError(HetschedError):
+    """A task of the request failed; ``task`` and ``worker`` say where, ``__cause__`` says why."""
+
+    def __init__(self, message: str, task: object, worker: str) -> None:
+        super().__init__(message)
+        self.task = task
+        self.worker = worker
+
+
+class RuntimeClosedError(HetschedError):
+    """The runtime was closed; load models and submit requests to an open one."""
+
+
 __all__ = [
+    "InvalidInputError",
+    "RuntimeClosedError",
+    "TaskFailedError",
     "BusFormatError",
     "CalibrationUnavailable",
     "CyclicPlanError",

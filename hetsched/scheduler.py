@@ -176,6 +176,7 @@ class Scheduler:
     def _failed(self, task: Task, worker: WorkerSpec, error: BaseException, now: float,
                 finished: list[Job]) -> None:
         self._emit("fail", task, worker, now)
+        self.policy.on_done(task, worker, task.end_s - task.start_s)
         task.failed_on.add(worker.name)
         retry = isinstance(error, WorkerFault) and len(task.failed_on) < MAX_ATTEMPTS
         if retry and any(w.name not in task.failed_on for w in self.workers):

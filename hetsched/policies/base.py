@@ -10,7 +10,8 @@ own and must not block: it only decides.  Hooks:
 - ``pop(worker)``: called whenever ``worker`` is idle and every core it needs
   is free — after each push and after each task ends.  Return the task it
   should run now, or None.  Returning a task commits the worker to it.
-- ``on_done(task, worker, duration_s)``: after a task ran successfully.
+- ``on_done(task, worker, duration_s)``: after a task ran, successfully or not
+  (the worker's cores are free again).
 
 A policy learns about the platform through :class:`PolicyContext`: the workers,
 the clock, predicted compute and transfer times, and ``prefetch`` to start

@@ -10,7 +10,8 @@ At push, for every worker w that may run the task::
 and the task goes to the worker of least fitness; its inputs are prefetched
 there at once, not when the worker frees up.  A worker whose perf model for the
 task is not calibrated yet (NaN) gets the task instead, to calibrate it, as
-StarPU does; the least busy such worker is chosen.
+StarPU does; the one with the fewest tasks queued is chosen (its queue's length
+in time is unknown).
 
 Wide and narrow workers share cores.  Greedy completion times alone would send
 every task to the wide worker whenever it is faster per task, even under load
@@ -54,6 +55,7 @@ class Dmda(Policy):
         self._free_s: dict[str, float] = {}  # per core ("c3") or per coreless worker ("w:gpu0")
         self._reservations: dict[str, deque[tuple[int, str]]] = {}  # slot -> (order, worker name)
         self._wide: set[str] = set()  # workers whose cores strictly contain another worker's
+        self._busy: set[str] = set()  # slots of running tasks
 
     @staticmethod
     def _slots(worker: WorkerSpec) -> list[str]:
@@ -67,8 +69,19 @@ class Dmda(Policy):
     def _candidates(self, task: Task, now: float) -> list[WorkerSpec]:
         """Eligible workers; wide ones only while their cores are expected idle."""
         workers = self.context.eligible(task)
-        idle = [w for w in workers if w.name not in self._wide or self._expected_free_s(w, now) <= now]
+        idle = [w for w in workers if w.name not in self._wide or self._idle(w, now)]
         return idle or workers
+
+    def _load(self, worker: WorkerSpec) -> int:
+        """Tasks queued or running on the worker: spreads calibration work, whose length is unknown."""
+        running = bool(self._busy.intersection(self._slots(worker)))
+        return len(self._queues.get(worker.name, ())) + int(running)
+
+    def _idle(self, worker: WorkerSpec, now: float) -> bool:
+        """Nothing runs or waits on the worker's cores, and none is expected to."""
+        slots = self._slots(worker)
+        return (not any(self._reservations.get(slot) for slot in slots)
+                and not self._busy.intersection(slots) and self._expected_free_s(worker, now) <= now)
 
     def _expected_free_s(self, worker: WorkerSpec, now: float) -> float:
         return max([now] + [self._free_s.get(slot, now) for slot in self._slots(worker)])
@@ -85,7 +98,8 @@ class Dmda(Policy):
         if uncalibrated:
             known = [length for length in lengths if math.isfinite(length)]
             guess = min(known) if known else 0.0
-            choice = min(uncalibrated, key=lambda i: (self._expected_free_s(workers[i], now), i))
+            choice = min(uncalibrated,
+                         key=lambda i: (self._load(workers[i]), self._expected_free_s(workers[i], now), i))
             self._assign(task, workers[choice], guess, transfers[choice], now)
             return
         ends = [max(self._expected_free_s(w, now), now + t) + length
@@ -120,11 +134,13 @@ class Dmda(Policy):
         queue.remove((order, task))
         for slot in slots:
             self._reservations[slot].remove((order, worker.name))
+        self._busy.update(slots)
         return task
 
     def on_done(self, task: Task, worker: WorkerSpec, duration_s: float) -> None:
         """A core with nothing reserved is free now, whatever the prediction said."""
         now = self.context.clock.now()
+        self._busy.difference_update(self._slots(worker))
         for slot in self._slots(worker):
             if not self._reservations.get(slot):
                 self._free_s[slot] = now

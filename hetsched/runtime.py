@@ -1,0 +1,264 @@
+"""The in-process API (DESIGN.md): a Runtime of pinned workers and a scheduler; models loaded as plans.
+
+::
+
+    with hetsched.Runtime(workers="auto", policy="dmda") as rt:
+        model = rt.load("model.onnx", ratios=(0.8, 0.2), name="resnet")
+        out = model.infer({"input": x})          # dict of numpy arrays, blocking
+        fut = model.submit({"input": x})         # concurrent.futures.Future
+
+A request becomes a :class:`~hetsched.task.Job`: one task per part, following
+the plan's DAG.  Its tensors live in the job's own dictionary, so no request can
+ever read another's rows.  Every executed task feeds the history model, which
+the policy reads back (and which is saved to the per-host store on close when
+one is given).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import threading
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+
+from hetsched.clock import MonotonicClock
+from hetsched.errors import InvalidInputError, RuntimeClosedError, TaskFailedError, UsageError
+from hetsched.perf import HistoryOracle
+from hetsched.policies import make_policy
+from hetsched.scheduler import Scheduler
+from hetsched.task import Job, Task, WorkerSpec
+from hetsched.topology import cpu_workers, discover
+from hetsched.trace import TraceRecorder
+from hetsched.workers import StageModel, ThreadExecutor
+from partitioner.graph import build_graph
+from partitioner.partition import partition
+from partitioner.plan import PartitionPlan
+from perfmodels.history import HistoryKey, HistoryModel, footprint, stage_id
+from perfmodels.store import PerfModelStore
+
+log = logging.getLogger(__name__)
+
+Inputs = Mapping[str, np.ndarray]
+CLOSE_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """A model input: name, dtype, and shape with None for the batch (and other symbolic) dims."""
+
+    name: str
+    dtype: np.dtype[Any]
+    shape: tuple[int | None, ...]
+
+
+class Model:
+    """A loaded model: validated requests in, futures of output dictionaries out."""
+
+    def __init__(self, runtime: Runtime, name: str, plan: PartitionPlan, stages: list[str],
+                 inputs: list[InputSpec]) -> None:
+        self.runtime = runtime
+        self.name = name
+        self.plan = plan
+        self.stages = stages
+        self.inputs = inputs
+
+    def submit(self, inputs: Inputs) -> Future[dict[str, np.ndarray]]:
+        """Queue one request (any batch size); bad inputs raise InvalidInputError before queuing."""
+        feeds, batch = self._validate(inputs)
+        return self.runtime._submit(self, feeds, batch)
+
+    def infer(self, inputs: Inputs, timeout: float | None = None) -> dict[str, np.ndarray]:
+        """Run one request and wait for its outputs (``timeout`` seconds at most, if given)."""
+        return self.submit(inputs).result(timeout)
+
+    def _validate(self, inputs: Inputs) -> tuple[dict[str, np.ndarray], int]:
+        expected = {spec.name for spec in self.inputs}
+        missing, unknown = sorted(expected - set(inputs)), sorted(set(inputs) - expected)
+        if missing or unknown:
+            raise InvalidInputError(f"model {self.name!r}: missing inputs {missing}, unexpected {unknown}; "
+                                    f"it takes {sorted(expected)}")
+        feeds: dict[str, np.ndarray] = {}
+        batches: set[int] = set()
+        for spec in self.inputs:
+            value = np.asarray(inputs[spec.name])
+            if value.dtype != spec.dtype:
+                raise InvalidInputError(f"model {self.name!r} input {spec.name!r}: dtype {value.dtype}, "
+                                        f"expected {spec.dtype}; convert with .astype(np.{spec.dtype})")
+            if value.ndim != len(spec.shape) or any(
+                    want is not None and got != want for got, want in zip(value.shape, spec.shape)):
+                shown = tuple("N" if d is None else d for d in spec.shape)
+                raise InvalidInputError(f"model {self.name!r} input {spec.name!r}: shape {value.shape}, "
+                                        f"expected {shown} (N = batch)")
+            if value.ndim and spec.shape[0] is None:
+                batches.add(value.shape[0])
+            feeds[spec.name] = np.array(value, copy=True, order="C")  # the caller may reuse its array
+        if len(batches) > 1:
+            raise InvalidInputError(
+                f"model {self.name!r}: inputs disagree on the batch size {sorted(batches)}")
+        batch = batches.pop() if batches else 1
+        if batch < 1:
+            raise InvalidInputError(f"model {self.name!r}: empty batch; send at least one row")
+        return feeds, batch
+
+
+class Runtime:
+    """Workers found on this machine, one scheduler, any number of loaded models."""
+
+    def __init__(self, workers: str = "auto", policy: str = "dmda", narrow: bool = True,
+                 perfmodel_dir: str | os.PathLike[str] | None = None, trace: bool = False) -> None:
+        self.specs: list[WorkerSpec] = cpu_workers(discover(), workers, narrow)
+        self.store = PerfModelStore(perfmodel_dir) if perfmodel_dir is not None else None
+        history = self.store.load_history() if self.store else HistoryModel()
+        self._recorded = HistoryModel(min_samples=history.min_samples)  # what this run learned
+        self.oracle = _RecordingOracle(history, self._recorded)
+        self.executor = ThreadExecutor(self._run_task)
+        for spec in self.specs:
+            self.executor.add(spec)
+        self.tracer = TraceRecorder() if trace else None
+        self.scheduler = Scheduler(make_policy(policy), self.specs, clock=MonotonicClock(),
+                                   executor=self.executor, perf=self.oracle,
+                                   instruments=[self.tracer] if self.tracer else [])
+        self.executor.report = self.scheduler.task_done
+        self.models: dict[str, Model] = {}
+        self._sequence = itertools.count()
+        self._in_flight = 0
+        self._idle = threading.Condition()
+        self._closed = False
+        log.info("runtime: policy %s, workers %s", policy, [w.name for w in self.specs])
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def load(self, model: str | os.PathLike[str] | bytes | onnx.ModelProto,
+             ratios: Sequence[float] = (1.0,), name: str | None = None, profile: bool = False,
+             batch: int = 1) -> Model:
+        """Partition ``model`` by ``ratios`` and create every part's session on every worker now."""
+        if self._closed:
+            raise RuntimeClosedError("this runtime is closed; create a new one to load models")
+        if name is None:
+            is_path = isinstance(model, (str, os.PathLike))
+            stem = os.path.splitext(os.path.basename(str(model)))[0]
+            name = stem if is_path else f"model{len(self.models)}"
+        if name in self.models:
+            raise UsageError(f"a model named {name!r} is loaded already; unload it or pick another name")
+        graph = build_graph(model, batch=batch)
+        if profile:
+            from perfmodels.profile import profile as profile_nodes
+
+            costs = profile_nodes(graph)
+            graph = graph.with_costs(costs.seconds, costs.arch, costs.method)
+        result = partition(graph, list(ratios), source_label=str(model) if isinstance(model, str) else name)
+        blobs = [part.model.SerializeToString() for part in result.parts]
+        stages = [stage_id(blob) for blob in blobs]
+        stage_models = [StageModel(s, b, p.inputs, p.outputs) for s, b, p in zip(stages, blobs, result.parts)]
+        for future in [w.load(stage_models) for w in self.executor.workers.values()]:
+            future.result()
+        loaded = Model(self, name, result.plan, stages, _input_specs(graph.model))
+        self.models[name] = loaded
+        return loaded
+
+    def unload(self, name: str) -> None:
+        model = self.models.pop(name, None)
+        if model is None:
+            raise UsageError(f"no model named {name!r} is loaded; loaded: {sorted(self.models)}")
+        for worker in self.executor.workers.values():
+            worker.unload(model.stages)
+
+    def _submit(self, model: Model, feeds: dict[str, np.ndarray], batch: int
+                ) -> Future[dict[str, np.ndarray]]:
+        future: Future[dict[str, np.ndarray]] = Future()
+        sequence = next(self._sequence)
+        job = Job(f"{model.name}#{sequence}", [p.depends_on for p in model.plan.parts],
+                  payload=_JobData(model, feeds, future), on_done=self._job_done)
+        shapes = {n: tuple(v.shape) for n, v in feeds.items()}
+        request_footprint = footprint(shapes)  # the request's input shapes key the history, as in calibrate
+        job.tasks = [Task(stage, part.index, job, request_footprint, batch, priority=-sequence,
+                          input_nodes={n: {"host:0"} for n in part.inputs})
+                     for stage, part in zip(model.stages, model.plan.parts)]
+        with self._idle:
+            if self._closed:
+                raise RuntimeClosedError("this runtime is closed; no new requests are accepted")
+            self._in_flight += 1
+        self.scheduler.submit(job)
+        return future
+
+    @staticmethod
+    def _run_task(task: Task, session: Any) -> None:
+        """On a worker thread: run one part on the job's own tensors."""
+        data: _JobData = task.job.payload
+        part = data.model.plan.parts[task.part]
+        outputs = session.run(list(part.outputs), {n: data.values[n] for n in part.inputs})
+        data.values.update(zip(part.outputs, outputs))
+
+    def _job_done(self, job: Job, error: BaseException | None) -> None:
+        data: _JobData = job.payload
+        if error is None:
+            data.future.set_result({n: data.values[n] for n in data.model.plan.model_outputs})
+        else:
+            failed = next((t for t in job.tasks if t.state.value == "failed" and t.worker), None)
+            worker = failed.worker.name if failed and failed.worker else "?"
+            part = failed.part if failed else "?"
+            message = f"{job.name}: part {part} failed on {worker}: {type(error).__name__}: {error}"
+            wrapped = TaskFailedError(message, failed, worker)
+            wrapped.__cause__ = error
+            data.future.set_exception(wrapped)
+        data.values.clear()
+        with self._idle:
+            self._in_flight -= 1
+            self._idle.notify_all()
+
+    def close(self, timeout: float = CLOSE_TIMEOUT_S) -> None:
+        """Stop accepting requests, finish those in flight, stop the workers, save what was learned."""
+        with self._idle:
+            if self._closed:
+                return
+            self._closed = True
+            drained = self._idle.wait_for(lambda: self._in_flight == 0, timeout)
+        if not drained:
+            log.warning("closing with %d requests still in flight after %.0f s", self._in_flight, timeout)
+        self.executor.stop()
+        if self.store is not None:
+            self.store.add_history(self._recorded)
+
+
+@dataclass
+class _JobData:
+    model: Model
+    values: dict[str, np.ndarray]
+    future: Future[dict[str, np.ndarray]]
+
+
+class _RecordingOracle(HistoryOracle):
+    """Predicts from the full history; also keeps this run's samples apart, to merge into the store."""
+
+    def __init__(self, history: HistoryModel, recorded: HistoryModel) -> None:
+        super().__init__(history)
+        self.recorded = recorded
+
+    def record(self, task: Task, worker: WorkerSpec, duration_s: float) -> None:
+        super().record(task, worker, duration_s)
+        if duration_s > 0:
+            self.recorded.record(HistoryKey(task.stage, worker.arch, task.footprint), duration_s)
+
+
+def _input_specs(model: onnx.ModelProto) -> list[InputSpec]:
+    initializers = {t.name for t in model.graph.initializer}
+    specs = []
+    for value in model.graph.input:
+        if value.name in initializers:
+            continue
+        tensor = value.type.tensor_type
+        dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim)
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type))
+        specs.append(InputSpec(value.name, dtype, dims))
+    return specs

@@ -1,0 +1,191 @@
+"""Real workers: one thread per worker, pinned to its cores, owning one ONNX Runtime session per stage.
+
+This is the only layer of the runtime that touches ONNX Runtime.  A CPU worker
+thread pins itself with ``os.sched_setaffinity`` (on Linux, pid 0 is the calling
+thread) to the first core of its group, then creates its sessions, so ORT's own
+threads are made by a pinned thread.  A session of a K-core worker runs K
+intra-op threads: the calling thread plus K-1 that ORT pins through
+``session.intra_op.thread_affinities`` (1-based logical processor ids, one
+entry per extra thread) — setting the thread count turns ORT's own pinning off,
+so we set it ourselves.  Sessions are created at load time, never on a request.
+
+:class:`ThreadExecutor` is the scheduler's executor: ``start`` hands a task to
+its worker's inbox; the worker runs it and reports with ``scheduler.task_done``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+from hetsched.task import Task, WorkerSpec
+
+log = logging.getLogger(__name__)
+
+_STOP = object()
+_SESSION_CREATION = threading.Lock()
+
+
+def _thread_ids() -> set[int]:
+    """This process's thread ids (Linux: /proc/self/task)."""
+    try:
+        return {int(tid) for tid in os.listdir("/proc/self/task")}
+    except OSError:
+        return set()
+
+
+@dataclass(frozen=True)
+class StageModel:
+    """What a worker needs to build a session for one stage: serialized part model and its interface."""
+
+    stage: str
+    model_bytes: bytes
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+
+def session_options(worker: WorkerSpec) -> Any:
+    """ORT options for a session on ``worker``: its core count, extra threads pinned to its cores."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = max(1, len(worker.cores))
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3
+    if len(worker.cores) > 1:
+        affinities = ";".join(str(core + 1) for core in worker.cores[1:])
+        options.add_session_config_entry("session.intra_op.thread_affinities", affinities)
+    return options
+
+
+class CpuWorker:
+    """A pinned thread running the tasks handed to it; sessions keyed by stage."""
+
+    def __init__(self, spec: WorkerSpec, on_done: Callable[[Task, BaseException | None], None],
+                 run_task: Callable[[Task, Any], None]) -> None:
+        self.spec = spec
+        self._on_done = on_done
+        self._run_task = run_task
+        self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.sessions: dict[str, Any] = {}
+        self.pinned: tuple[int, ...] = ()
+        self.ort_threads: dict[int, tuple[int, ...]] = {}  # ORT intra-op thread id -> its cores
+        self._thread = threading.Thread(target=self._loop, name=f"hetsched-{spec.name}", daemon=True)
+        self._thread.start()
+
+    def load(self, stages: list[StageModel]) -> Future[None]:
+        """Create sessions for ``stages`` on the worker's own (pinned) thread."""
+        future: Future[None] = Future()
+        self._inbox.put(("load", stages, future))
+        return future
+
+    def unload(self, stage_ids: list[str]) -> None:
+        self._inbox.put(("unload", stage_ids, None))
+
+    def run(self, task: Task) -> None:
+        self._inbox.put(("run", task, None))
+
+    def stop(self) -> None:
+        self._inbox.put(_STOP)
+        self._thread.join(timeout=30)
+
+    def _loop(self) -> None:
+        self._pin()
+        while True:
+            item = self._inbox.get()
+            if item is _STOP:
+                return
+            kind, payload, future = item
+            if kind == "load":
+                self._load(payload, future)
+            elif kind == "unload":
+                for stage in payload:
+                    self.sessions.pop(stage, None)
+            else:
+                self._execute(payload)
+
+    def _pin(self) -> None:
+        if self.spec.cores and hasattr(os, "sched_setaffinity"):
+            try:
+                os.sched_setaffinity(0, {self.spec.cores[0]})
+                self.pinned = tuple(sorted(os.sched_getaffinity(0)))
+            except OSError as exc:  # e.g. a core outside the container's cpuset
+                log.warning("%s: could not pin to core %d (%s)", self.spec.name, self.spec.cores[0], exc)
+
+    def _load(self, stages: list[StageModel], future: Future[None]) -> None:
+        try:
+            for stage in stages:
+                if stage.stage not in self.sessions:
+                    self.sessions[stage.stage] = self._new_session(stage.model_bytes)
+            future.set_result(None)
+        except BaseException as exc:  # reported to the loader, the worker keeps serving
+            future.set_exception(exc)
+
+    def _new_session(self, model_bytes: bytes) -> Any:
+        """A session whose extra intra-op threads are pinned to the worker's other cores.
+
+        ONNX Runtime 1.32 on Linux was seen to leave its threads on the creating thread's
+        mask despite ``session.intra_op.thread_affinities`` (checked in /proc), so the
+        threads a session creates are found and pinned here; ``ort_threads`` records it.
+        """
+        import onnxruntime as ort
+
+        with _SESSION_CREATION:  # one creation at a time, so new threads belong to this session
+            before = _thread_ids()
+            session = ort.InferenceSession(model_bytes, session_options(self.spec),
+                                           providers=["CPUExecutionProvider"])
+            created = sorted(_thread_ids() - before)
+        extra = self.spec.cores[1:]
+        for index, tid in enumerate(created):
+            if extra:
+                core = extra[index % len(extra)]
+                try:
+                    os.sched_setaffinity(tid, {core})
+                    self.ort_threads[tid] = (core,)
+                except OSError as exc:
+                    log.warning("%s: could not pin ORT thread %d to core %d (%s)",
+                                self.spec.name, tid, core, exc)
+        return session
+
+    def _execute(self, task: Task) -> None:
+        try:
+            self._run_task(task, self.sessions[task.stage])
+        except BaseException as exc:  # the task's error goes to its request, never lost
+            self._on_done(task, exc)
+            return
+        self._on_done(task, None)
+
+
+class ThreadExecutor:
+    """The scheduler's executor over real worker threads (CPU today; CUDA streams plug in here)."""
+
+    def __init__(self, run_task: Callable[[Task, Any], None]) -> None:
+        self._run_task = run_task
+        self.workers: dict[str, CpuWorker] = {}
+        self.report: Callable[[Task, BaseException | None], None] | None = None
+
+    def add(self, spec: WorkerSpec) -> CpuWorker:
+        worker = CpuWorker(spec, self._done, self._run_task)
+        self.workers[spec.name] = worker
+        return worker
+
+    def _done(self, task: Task, error: BaseException | None) -> None:
+        assert self.report is not None, "the runtime connects the executor to its scheduler"
+        self.report(task, error)
+
+    def start(self, task: Task, worker: WorkerSpec) -> None:
+        self.workers[worker.name].run(task)
+
+    def prefetch(self, task: Task, worker: WorkerSpec) -> None:
+        """Host memory only so far: every input is already where a CPU worker reads it."""
+
+    def stop(self) -> None:
+        for worker in self.workers.values():
+            worker.stop()

@@ -1,0 +1,160 @@
+"""The runtime end to end: real pinned workers, real ONNX Runtime sessions, every policy.
+
+Every answer is compared with plain ONNX Runtime on the same input, so a request
+that received another request's rows fails the test.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from hetsched import zoo
+from hetsched.errors import InvalidInputError, RuntimeClosedError, TaskFailedError
+from hetsched.policies import POLICIES
+from hetsched.runtime import Runtime
+from hetsched.scheduler import WorkerFault
+from hetsched.sequential import run_whole
+from partitioner.feeds import random_feeds
+
+MODELS = {"lenet5": (0.5, 0.5), "multi-io": (0.75, 0.25), "control-flow": (0.4, 0.3, 0.3)}
+
+
+Arrays = dict[str, np.ndarray]
+
+
+def expected(model: onnx.ModelProto, batch: int, seed: int) -> tuple[Arrays, Arrays]:
+    feeds = random_feeds(model, batch, seed=seed)
+    return feeds, run_whole(model, feeds)
+
+
+@pytest.mark.parametrize("policy", sorted(POLICIES))
+def test_every_answer_equals_plain_onnxruntime(policy: str) -> None:
+    """1,000 requests from 8 threads, batch sizes 1-4, three partitioned models loaded at once."""
+    protos = {name: zoo.build(name) for name in MODELS}
+    cases = [(name, batch, seed) for seed in range(12) for name in MODELS for batch in (1, 2, 3, 4)]
+    references = {case: expected(protos[case[0]], case[1], case[2]) for case in cases}
+    with Runtime(policy=policy) as runtime:
+        models = {name: runtime.load(protos[name], ratios, name=name) for name, ratios in MODELS.items()}
+
+        def one(i: int) -> None:
+            name, batch, seed = cases[i % len(cases)]
+            feeds, want = references[(name, batch, seed)]
+            got = models[name].infer(feeds, timeout=60)
+            assert set(got) == set(want)
+            for output, value in want.items():
+                np.testing.assert_allclose(got[output], value, rtol=1e-5, atol=1e-6, err_msg=output)
+
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(one, range(1000)))
+        stats = runtime.scheduler.statistics()
+    assert stats.finished_jobs == 1000 and stats.failed_jobs == 0
+
+
+def reshape_by_three() -> onnx.ModelProto:
+    """x [N, 4] -> Relu -> Reshape to [-1, 3] -> Neg: fails unless 4N is a multiple of 3."""
+    shape = helper.make_tensor("shape", TensorProto.INT64, [2], [-1, 3])
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"),
+             helper.make_node("Reshape", ["r", "shape"], ["s"], name="reshape"),
+             helper.make_node("Neg", ["s"], ["y"], name="neg")]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["M", 3])
+    graph = helper.make_graph(nodes, "fragile", [x], [y], [shape])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def test_a_failing_part_fails_only_its_request() -> None:
+    with Runtime(policy="dmda") as runtime:
+        model = runtime.load(reshape_by_three(), ratios=(0.5, 0.5))
+        good = np.ones((3, 4), np.float32)
+        bad = np.ones((1, 4), np.float32)
+        futures = [model.submit({"x": bad if i % 4 == 0 else good}) for i in range(20)]
+        for i, future in enumerate(futures):
+            if i % 4 == 0:
+                with pytest.raises(TaskFailedError) as info:
+                    future.result(timeout=30)
+                assert info.value.__cause__ is not None and info.value.worker.startswith("cpu")
+            else:
+                np.testing.assert_array_equal(future.result(timeout=30)["y"], -np.ones((4, 3), np.float32))
+
+
+def test_a_worker_fault_is_retried_on_another_worker() -> None:
+    with Runtime(policy="eager") as runtime:
+        model = runtime.load(zoo.build("lenet5"))
+        victim = runtime.executor.workers["cpu0"]
+        original = victim._run_task
+        failures = []
+
+        def broken(task, session):  # type: ignore[no-untyped-def]
+            failures.append(task)
+            raise WorkerFault("simulated device loss")
+
+        victim._run_task = broken
+        feeds, want = expected(zoo.build("lenet5"), 2, 0)
+        for _ in range(5):
+            np.testing.assert_allclose(model.infer(feeds, timeout=30)["logits"], want["logits"], rtol=1e-5)
+        victim._run_task = original
+        assert runtime.scheduler.statistics().tasks_retried == len(failures)
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"wrong": np.zeros((1, 1, 32, 32), np.float32)},
+     "missing inputs \\['input'\\], unexpected \\['wrong'\\]"),
+    ({"input": np.zeros((1, 1, 32, 32), np.float64)}, "dtype float64, expected float32"),
+    ({"input": np.zeros((1, 3, 32, 32), np.float32)},
+     "shape \\(1, 3, 32, 32\\), expected \\('N', 1, 32, 32\\)"),
+    ({"input": np.zeros((1, 32, 32), np.float32)}, "shape \\(1, 32, 32\\)"),
+])
+def test_bad_input_is_refused_before_anything_is_queued(bad: Arrays, message: str) -> None:
+    with Runtime(policy="dmda") as runtime:
+        model = runtime.load(zoo.build("lenet5"), ratios=(0.5, 0.5))
+        with pytest.raises(InvalidInputError, match=message):
+            model.submit(bad)
+        assert runtime.scheduler.statistics().submitted_jobs == 0
+
+
+def test_close_drains_in_flight_work_then_refuses_more() -> None:
+    runtime = Runtime(policy="dmdas")
+    model = runtime.load(zoo.build("lenet5"), ratios=(0.5, 0.5))
+    feeds, want = expected(zoo.build("lenet5"), 1, 3)
+    futures = [model.submit(feeds) for _ in range(50)]
+    runtime.close()
+    assert all(f.done() for f in futures)
+    for future in futures:
+        np.testing.assert_allclose(future.result()["logits"], want["logits"], rtol=1e-5)
+    with pytest.raises(RuntimeClosedError):
+        model.submit(feeds)
+
+
+def test_the_callers_array_may_change_after_submit() -> None:
+    with Runtime(policy="ws") as runtime:
+        model = runtime.load(zoo.build("lenet5"))
+        feeds, want = expected(zoo.build("lenet5"), 2, 1)
+        x = feeds["input"].copy()
+        future = model.submit({"input": x})
+        x[:] = 0  # the runtime copied it at submit
+        np.testing.assert_allclose(future.result(timeout=30)["logits"], want["logits"], rtol=1e-5)
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs two cores")
+def test_workers_and_their_onnxruntime_threads_run_on_their_cores() -> None:
+    with Runtime(policy="dmda") as runtime:
+        runtime.load(zoo.build("lenet5"), ratios=(0.5, 0.5))
+        workers = runtime.executor.workers
+        wide = next(w for w in workers.values() if len(w.spec.cores) > 1)
+        for worker in workers.values():
+            assert worker.pinned == (worker.spec.cores[0],)
+        assert wide.ort_threads, "a wide worker's sessions start extra intra-op threads"
+        for tid, cores in wide.ort_threads.items():
+            status = Path(f"/proc/self/task/{tid}/status").read_text()
+            allowed = status.split("Cpus_allowed_list:")[1].split()[0]
+            assert allowed == ",".join(map(str, cores)) and cores[0] in wide.spec.cores[1:]
