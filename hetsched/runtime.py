@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from hetsched.batching import DynamicBatcher, choose_batch
 from hetsched.clock import MonotonicClock
 from hetsched.errors import InvalidInputError, RuntimeClosedError, TaskFailedError, UsageError
 from hetsched.perf import HistoryOracle
@@ -37,6 +38,7 @@ from hetsched.task import Job, Task, WorkerSpec
 from hetsched.topology import cpu_workers, discover
 from hetsched.trace import TraceRecorder
 from hetsched.workers import StageModel, ThreadExecutor
+from partitioner.feeds import random_feeds
 from partitioner.graph import build_graph
 from partitioner.partition import partition
 from partitioner.plan import PartitionPlan
@@ -68,11 +70,26 @@ class Model:
         self.plan = plan
         self.stages = stages
         self.inputs = inputs
+        self.batcher: DynamicBatcher | None = None
 
     def submit(self, inputs: Inputs) -> Future[dict[str, np.ndarray]]:
         """Queue one request (any batch size); bad inputs raise InvalidInputError before queuing."""
         feeds, batch = self._validate(inputs)
+        if self.batcher is not None:
+            self.runtime._check_open()
+            return self.batcher.submit(feeds, batch)
         return self.runtime._submit(self, feeds, batch)
+
+    def predicted_s(self, batch: int) -> float:
+        """Predicted seconds of one batch: its parts one after another, each on its fastest kind
+        (NaN until calibrated); what the batch-size chooser weighs."""
+        shapes = {spec.name: tuple(batch if d is None else d for d in spec.shape) for spec in self.inputs}
+        probe = Job("probe", [p.depends_on for p in self.plan.parts])
+        total = 0.0
+        for stage, part in zip(self.stages, self.plan.parts):
+            task = Task(stage, part.index, probe, footprint(shapes), batch)
+            total += min(self.runtime.oracle.predict(task, w) for w in self.runtime.specs)
+        return total
 
     def infer(self, inputs: Inputs, timeout: float | None = None) -> dict[str, np.ndarray]:
         """Run one request and wait for its outputs (``timeout`` seconds at most, if given)."""
@@ -141,8 +158,13 @@ class Runtime:
 
     def load(self, model: str | os.PathLike[str] | bytes | onnx.ModelProto,
              ratios: Sequence[float] = (1.0,), name: str | None = None, profile: bool = False,
-             batch: int = 1) -> Model:
-        """Partition ``model`` by ``ratios`` and create every part's session on every worker now."""
+             batch: int = 1, max_batch: int = 1, max_queue_delay_s: float = 0.002) -> Model:
+        """Partition ``model`` by ``ratios`` and create every part's session on every worker now.
+
+        ``max_batch`` > 1 turns on dynamic batching: requests wait at most
+        ``max_queue_delay_s`` to join a batch whose size the chooser picks for the
+        observed arrival rate (``batch`` is the size tensor bytes are weighed at).
+        """
         if self._closed:
             raise RuntimeClosedError("this runtime is closed; create a new one to load models")
         if name is None:
@@ -164,6 +186,11 @@ class Runtime:
         for future in [w.load(stage_models) for w in self.executor.workers.values()]:
             future.result()
         loaded = Model(self, name, result.plan, stages, _input_specs(graph.model))
+        if max_batch > 1:
+            _check_batchable(graph.model, name)
+            loaded.batcher = DynamicBatcher(
+                lambda feeds, rows: self._submit(loaded, feeds, rows), max_batch, max_queue_delay_s,
+                self.scheduler.clock, target=lambda rate: choose_batch(rate, loaded.predicted_s, max_batch))
         self.models[name] = loaded
         return loaded
 
@@ -171,6 +198,8 @@ class Runtime:
         model = self.models.pop(name, None)
         if model is None:
             raise UsageError(f"no model named {name!r} is loaded; loaded: {sorted(self.models)}")
+        if model.batcher is not None:
+            model.batcher.close()
         for worker in self.executor.workers.values():
             worker.unload(model.stages)
 
@@ -186,11 +215,14 @@ class Runtime:
                           input_nodes={n: {"host:0"} for n in part.inputs})
                      for stage, part in zip(model.stages, model.plan.parts)]
         with self._idle:
-            if self._closed:
-                raise RuntimeClosedError("this runtime is closed; no new requests are accepted")
+            self._check_open()
             self._in_flight += 1
         self.scheduler.submit(job)
         return future
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeClosedError("this runtime is closed; no new requests are accepted")
 
     @staticmethod
     def _run_task(task: Task, session: Any) -> None:
@@ -219,6 +251,9 @@ class Runtime:
 
     def close(self, timeout: float = CLOSE_TIMEOUT_S) -> None:
         """Stop accepting requests, finish those in flight, stop the workers, save what was learned."""
+        for model in self.models.values():  # flush what waits for a batch
+            if model.batcher is not None:
+                model.batcher.close()
         with self._idle:
             if self._closed:
                 return
@@ -249,6 +284,28 @@ class _RecordingOracle(HistoryOracle):
         super().record(task, worker, duration_s)
         if duration_s > 0:
             self.recorded.record(HistoryKey(task.stage, worker.arch, task.footprint), duration_s)
+
+
+def _check_batchable(model: onnx.ModelProto, name: str) -> None:
+    """Batching concatenates requests along axis 0, so each row's answer must not depend on the
+    other rows (a batch-wide reduction feeding an If, a trip count from the batch size...).
+
+    Probed, not proved: for a few random pairs of requests, the joint run must equal the two
+    separate runs, row for row.
+    """
+    from hetsched.sequential import run_whole
+
+    for seed in range(3):
+        first, second = random_feeds(model, 1, seed=seed), random_feeds(model, 2, seed=seed + 100)
+        joint = run_whole(model, {n: np.concatenate([first[n], second[n]]) for n in first})
+        apart = [run_whole(model, first), run_whole(model, second)]
+        for output, value in joint.items():
+            rows = [part[output] for part in apart]
+            if value.ndim == 0 or any(r.ndim == 0 for r in rows) or not (
+                    value.shape[0] == 3 and np.allclose(value, np.concatenate(rows), rtol=1e-4, atol=1e-5)):
+                raise UsageError(f"model {name!r}: output {output!r} of a batch differs from its requests "
+                                 "run one by one (rows depend on each other), so requests cannot be "
+                                 "batched together; load it with max_batch=1")
 
 
 def _input_specs(model: onnx.ModelProto) -> list[InputSpec]:

@@ -1,0 +1,185 @@
+"""Dynamic batching: requests of one model wait briefly to run as one batch; results go back by rows.
+
+Batching trades waiting for throughput.  With requests arriving every
+``interval`` seconds, a batch of N costs its first request ``interval·(N−1)``
+of waiting plus ``compute(N)``; the batch must also keep up with arrivals,
+``N / compute(N) >= rate``.  :func:`choose_batch` picks the N minimizing that
+latency among those that keep up (StarONNX §IV, §VI-B); the batcher flushes when
+that many rows wait, or when the oldest request has waited ``max_delay_s``.
+
+Rows are never mixed: each request's rows are a contiguous slice of the batch,
+and the outputs are cut back at the same offsets.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+import numpy as np
+
+from hetsched.clock import Clock
+
+Arrays = dict[str, np.ndarray]
+
+
+def choose_batch(rate_per_s: float, compute_s: Callable[[int], float], max_batch: int) -> int:
+    """The batch size minimizing expected latency at ``rate_per_s`` while keeping up with it.
+
+    ``compute_s(n)`` is the predicted seconds of a batch of n (NaN when unknown: such
+    sizes are skipped).  With no rate observed yet, or nothing predicted, returns 1.
+    """
+    if rate_per_s <= 0 or not math.isfinite(rate_per_s):
+        return 1
+    best, best_latency = 1, math.inf
+    fallback, fallback_rate = 1, 0.0
+    for n in range(1, max_batch + 1):
+        seconds = compute_s(n)
+        if not math.isfinite(seconds) or seconds <= 0:
+            continue
+        throughput = n / seconds
+        if throughput > fallback_rate:
+            fallback, fallback_rate = n, throughput
+        if throughput < rate_per_s:
+            continue
+        latency = (n - 1) / rate_per_s + seconds
+        if latency < best_latency:
+            best, best_latency = n, latency
+    return best if math.isfinite(best_latency) else fallback  # overloaded: the best throughput
+
+
+@dataclass
+class _Pending:
+    feeds: Arrays
+    rows: int
+    future: Future[Arrays]
+    arrived_s: float
+
+
+class ArrivalRate:
+    """Requests per second, an exponentially weighted average of inter-arrival times."""
+
+    def __init__(self, clock: Clock, weight: float = 0.2) -> None:
+        self.clock = clock
+        self.weight = weight
+        self._last: float | None = None
+        self._interval: float | None = None
+
+    def tick(self) -> None:
+        now = self.clock.now()
+        if self._last is not None:
+            gap = now - self._last
+            previous = gap if self._interval is None else self._interval
+            self._interval = (1 - self.weight) * previous + self.weight * gap
+        self._last = now
+
+    @property
+    def per_s(self) -> float:
+        return 1.0 / self._interval if self._interval else 0.0
+
+
+class DynamicBatcher:
+    """Collects requests of one model and runs them as batches through ``run_batch``.
+
+    ``run_batch(feeds, rows)`` returns a future of the batch's outputs.  ``target(rate)``
+    says how many rows to wait for (the batch-size chooser, or a constant).
+    """
+
+    def __init__(self, run_batch: Callable[[Arrays, int], Future[Arrays]], max_batch: int,
+                 max_delay_s: float, clock: Clock, target: Callable[[float], int] | None = None) -> None:
+        if max_batch < 1 or max_delay_s < 0:
+            raise ValueError(f"max_batch must be >= 1 and max_delay_s >= 0, got {max_batch}, {max_delay_s}")
+        self.run_batch = run_batch
+        self.max_batch = max_batch
+        self.max_delay_s = max_delay_s
+        self.clock = clock
+        self.target = target or (lambda rate: max_batch)
+        self.rate = ArrivalRate(clock)
+        self._queue: list[_Pending] = []
+        self._rows = 0
+        self._cond = threading.Condition()
+        self._closed = False
+        self.batches: list[int] = []  # rows per batch run (for metrics and tests)
+        self._thread = threading.Thread(target=self._loop, name="hetsched-batcher", daemon=True)
+        self._thread.start()
+
+    def submit(self, feeds: Arrays, rows: int) -> Future[Arrays]:
+        future: Future[Arrays] = Future()
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("batcher closed")
+            self.rate.tick()
+            self._queue.append(_Pending(feeds, rows, future, self.clock.now()))
+            self._rows += rows
+            self._cond.notify()
+        return future
+
+    def close(self) -> None:
+        """Flush what waits, then stop."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join(timeout=30)
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._queue or self._closed)
+                if not self._queue and self._closed:
+                    return
+                want = max(1, min(self.max_batch, self.target(self.rate.per_s)))
+                deadline = self._queue[0].arrived_s + self.max_delay_s
+                while self._rows < want and not self._closed:
+                    remaining = deadline - self.clock.now()
+                    if remaining <= 0:
+                        break
+                    self._cond.wait(remaining)
+                batch = self._take()
+            self._launch(batch)
+
+    def _take(self) -> list[_Pending]:
+        """Requests in arrival order up to max_batch rows (at least one, whatever its size)."""
+        taken: list[_Pending] = []
+        rows = 0
+        while self._queue and (not taken or rows + self._queue[0].rows <= self.max_batch):
+            item = self._queue.pop(0)
+            taken.append(item)
+            rows += item.rows
+        self._rows -= rows
+        return taken
+
+    def _launch(self, batch: list[_Pending]) -> None:
+        rows = sum(p.rows for p in batch)
+        self.batches.append(rows)
+        if len(batch) == 1:
+            feeds = batch[0].feeds
+        else:
+            feeds = {name: np.concatenate([p.feeds[name] for p in batch]) for name in batch[0].feeds}
+        try:
+            future = self.run_batch(feeds, rows)
+        except BaseException as exc:
+            for pending in batch:
+                pending.future.set_exception(exc)
+            return
+        future.add_done_callback(lambda done: _split(done, batch))
+
+
+def _split(done: Future[Arrays], batch: list[_Pending]) -> None:
+    """Cut each output back into the requests' rows, at the offsets they were concatenated at."""
+    error = done.exception()
+    if error is not None:
+        for pending in batch:
+            pending.future.set_exception(error)
+        return
+    outputs = done.result()
+    if len(batch) == 1:
+        batch[0].future.set_result(outputs)
+        return
+    offset = 0
+    for pending in batch:
+        rows = slice(offset, offset + pending.rows)
+        pending.future.set_result({name: value[rows].copy() for name, value in outputs.items()})
+        offset += pending.rows

@@ -1,0 +1,55 @@
+"""Dynamic batching: the chooser's arithmetic, and batched answers equal to unbatched ONNX Runtime."""
+
+from __future__ import annotations
+
+import math
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from hetsched import zoo
+from hetsched.batching import choose_batch
+from hetsched.errors import UsageError
+from hetsched.runtime import Runtime
+from hetsched.sequential import run_whole
+from partitioner.feeds import random_feeds
+
+
+def test_no_rate_means_no_waiting() -> None:
+    assert choose_batch(0.0, lambda n: 0.01 * n, 32) == 1
+
+
+def test_low_rate_keeps_batches_small_high_rate_grows_them() -> None:
+    def compute(n: int) -> float:  # 10 ms fixed + 1 ms per row: batching pays
+        return 0.010 + 0.001 * n
+
+    assert choose_batch(10.0, compute, 32) == 1  # 11 ms per request keeps up with 10/s
+    high = choose_batch(500.0, compute, 32)
+    assert high > 1 and high / compute(high) >= 500.0
+    smaller = high - 1
+    assert smaller / compute(smaller) < 500.0, "the smallest batch that keeps up: less waiting"
+
+
+def test_overload_takes_the_best_throughput_and_unknown_sizes_are_skipped() -> None:
+    assert choose_batch(1e6, lambda n: 0.010 + 0.001 * n, 8) == 8
+    assert choose_batch(100.0, lambda n: math.nan if n < 4 else 0.001 * n, 8) == 4
+
+
+def test_batched_answers_equal_unbatched_onnxruntime() -> None:
+    model = zoo.build("lenet5")
+    cases = [random_feeds(model, rows, seed=seed) for seed, rows in enumerate([1, 2, 1, 3, 1, 1, 2, 4] * 25)]
+    with Runtime(policy="dmda") as runtime:
+        loaded = runtime.load(model, ratios=(0.5, 0.5), max_batch=8, max_queue_delay_s=0.005)
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda feeds: loaded.infer(feeds, timeout=60), cases))
+        batches = list(loaded.batcher.batches) if loaded.batcher else []
+    for feeds, got in zip(cases, answers):
+        np.testing.assert_allclose(got["logits"], run_whole(model, feeds)["logits"], rtol=1e-5, atol=1e-6)
+    assert sum(batches) == sum(f["input"].shape[0] for f in cases)
+    assert max(batches) <= 8
+
+
+def test_a_model_whose_outputs_ignore_the_batch_cannot_be_batched() -> None:
+    with Runtime(policy="eager") as runtime, pytest.raises(UsageError, match="max_batch=1"):
+        runtime.load(zoo.build("control-flow"), max_batch=4)
