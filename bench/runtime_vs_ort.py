@@ -1,0 +1,258 @@
+"""hetsched against plain ONNX Runtime on this machine, under open-loop load.
+
+Per model, the same request stream (batch 1, constant or Poisson arrivals at a
+fixed rate) goes to each configuration:
+
+- ``ort 1x2t``: one session, 2 intra-op threads, one serving thread;
+- ``ort 2x1t``: two 1-thread sessions, two serving threads;
+- ``hetsched 2x1``: hetsched unpartitioned on two one-core groups (narrow workers only);
+- ``hetsched auto``: unpartitioned, the wide worker and the two narrow ones (dmda picks per task);
+- ``hetsched 50/50`` and ``hetsched 80/20``: partitioned plans on the auto workers.
+
+Latency = completion time - intended arrival time (queueing included).  Rates
+are fractions of the machine's limit, the sum of the narrow workers' isolated
+throughputs (2 / one-thread latency).  Also the scheduler's overhead per task on
+a tiny model.  Writes bench/results/runtime_vs_ort.json, a PNG and its section of RESULTS.md.
+
+    python bench/runtime_vs_ort.py [--models resnet50,googlenet,vit-tiny] [--seconds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import queue
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from results_md import write_section
+
+from hetsched import zoo
+from hetsched.runtime import Runtime
+from partitioner.feeds import random_feeds
+from perfmodels.measure import cpu_session, median_seconds
+
+HERE = Path(__file__).parent
+FRACTIONS = (0.2, 0.4, 0.6, 0.8, 0.95, 1.1)
+Submit = Callable[[dict[str, np.ndarray]], Future[Any]]
+
+
+class PlainOrt:
+    """N serving threads, each with its own session of T threads, pulling from one queue."""
+
+    def __init__(self, model: bytes, sessions: int, threads: int) -> None:
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._threads = [
+            threading.Thread(target=self._serve, args=(cpu_session(model, threads),), daemon=True)
+            for _ in range(sessions)]
+        for thread in self._threads:
+            thread.start()
+
+    def _serve(self, session: Any) -> None:
+        while (item := self._queue.get()) is not None:
+            feeds, future = item
+            future.set_result(session.run(None, feeds))
+
+    def submit(self, feeds: dict[str, np.ndarray]) -> Future[Any]:
+        future: Future[Any] = Future()
+        self._queue.put((feeds, future))
+        return future
+
+    def close(self) -> None:
+        for _ in self._threads:
+            self._queue.put(None)
+
+
+def open_loop(submit: Submit, feeds: dict[str, np.ndarray], rate: float, count: int,
+              poisson: bool, seed: int = 0) -> dict[str, float]:
+    """Submit ``count`` requests at ``rate`` per second; latency and sustained throughput."""
+    rng = np.random.default_rng(seed)
+    gaps = rng.exponential(1 / rate, count) if poisson else np.full(count, 1 / rate)
+    arrivals = np.cumsum(gaps) - gaps[0]
+    latencies: list[float] = [0.0] * count
+    done_at: list[float] = [0.0] * count
+    finished = threading.Semaphore(0)
+    start = time.perf_counter()
+
+    def record(i: int, intended: float) -> Callable[[Future[Any]], None]:
+        def callback(_: Future[Any]) -> None:
+            now = time.perf_counter()
+            latencies[i], done_at[i] = now - intended, now
+            finished.release()
+        return callback
+
+    for i, offset in enumerate(arrivals):
+        intended = start + offset
+        delay = intended - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        submit(feeds).add_done_callback(record(i, intended))
+    for _ in range(count):
+        finished.acquire(timeout=300)
+    span = max(done_at) - start
+    return {"rate": rate, "p50_ms": float(np.percentile(latencies, 50) * 1e3),
+            "p90_ms": float(np.percentile(latencies, 90) * 1e3),
+            "p99_ms": float(np.percentile(latencies, 99) * 1e3), "throughput": count / span}
+
+
+def warm_hetsched(model: Any, feeds: dict[str, np.ndarray]) -> None:
+    """Calibrate every worker: alone (the wide worker), then in bursts (the narrow ones)."""
+    for _ in range(12):
+        model.infer(feeds)
+    for _ in range(8):
+        for future in [model.submit(feeds) for _ in range(6)]:
+            future.result()
+
+
+def configurations(proto: Any, feeds: dict[str, np.ndarray]) -> list[tuple[str, Callable[[], Any]]]:
+    blob = proto.SerializeToString()
+
+    def hetsched(workers: str, narrow: bool, ratios: tuple[float, ...]) -> Callable[[], Any]:
+        def make() -> Any:
+            runtime = Runtime(workers=workers, narrow=narrow, policy="dmda")
+            model = runtime.load(proto, ratios=ratios)
+            warm_hetsched(model, feeds)
+            return runtime, model.submit
+        return make
+
+    def plain(sessions: int, threads: int) -> Callable[[], Any]:
+        def make() -> Any:
+            server = PlainOrt(blob, sessions, threads)
+            for _ in range(5):
+                server.submit(feeds).result()
+            return server, server.submit
+        return make
+
+    return [("ort 1x2t", plain(1, 2)), ("ort 2x1t", plain(2, 1)),
+            ("hetsched 2x1", hetsched("2x1", False, (1.0,))),
+            ("hetsched auto", hetsched("auto", True, (1.0,))),
+            ("hetsched 50/50", hetsched("auto", True, (0.5, 0.5))),
+            ("hetsched 80/20", hetsched("auto", True, (0.8, 0.2)))]
+
+
+def measure_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    proto = zoo.build(name)
+    feeds = random_feeds(proto, 1)
+    one_thread_s, _ = median_seconds(proto, feeds, threads=1, repeats=10)
+    limit = 2 / one_thread_s
+    print(f"{name}: 1-thread latency {one_thread_s * 1e3:.1f} ms, machine limit {limit:.1f} req/s",
+          flush=True)
+    results: dict[str, Any] = {"limit_per_s": limit, "one_thread_ms": one_thread_s * 1e3, "configs": {}}
+    for label, make in configurations(proto, feeds):
+        server, submit = make()
+        points = []
+        for poisson in (False, True):
+            for fraction in FRACTIONS:
+                rate = fraction * limit
+                count = max(20, int(rate * args.seconds))
+                point = open_loop(submit, feeds, rate, count, poisson)
+                point.update({"fraction": fraction, "poisson": poisson})
+                points.append(point)
+                print(f"  {label:15} {'poisson' if poisson else 'constant':8} {fraction:4.2f}: "
+                      f"p50 {point['p50_ms']:7.1f} p99 {point['p99_ms']:8.1f} ms, "
+                      f"{point['throughput']:6.1f} req/s", flush=True)
+        server.close()
+        results["configs"][label] = points
+    return results
+
+
+def task_overhead(repeats: int = 2000) -> dict[str, float]:
+    """Median extra time per request through hetsched vs a direct session.run, on a one-node model."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"], name="relu")], "tiny",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    proto.ir_version = 8
+    feeds = {"x": np.ones((1, 4), np.float32)}
+    session = cpu_session(proto, 1)
+    direct = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        session.run(None, feeds)
+        direct.append(time.perf_counter() - t)
+    with Runtime(workers="1x1", narrow=False, policy="dmda") as runtime:
+        model = runtime.load(proto)
+        through = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            model.infer(feeds)
+            through.append(time.perf_counter() - t)
+    return {"direct_us": statistics.median(direct) * 1e6, "hetsched_us": statistics.median(through) * 1e6,
+            "overhead_us": (statistics.median(through) - statistics.median(direct)) * 1e6}
+
+
+def markdown(results: dict[str, Any], overhead: dict[str, float], args: argparse.Namespace) -> str:
+    lines = ["## hetsched vs plain ONNX Runtime (bench/runtime_vs_ort.py)", "",
+             f"`python bench/runtime_vs_ort.py --seconds {args.seconds}` on {date.today()}, "
+             f"{platform.node()} "
+             "(2-core shared VM, no GPU). Open loop, batch 1; latency includes queueing. Rates are "
+             "fractions of the machine limit (2 / one-thread latency).", "",
+             f"Scheduler overhead per request on a one-node model: {overhead['overhead_us']:.0f} µs "
+             f"median (hetsched {overhead['hetsched_us']:.0f} µs vs direct session.run "
+             f"{overhead['direct_us']:.0f} µs); "
+             "one request is one task here.", ""]
+    for name, model in results.items():
+        lines += [f"### {name} (limit {model['limit_per_s']:.1f} req/s)", "",
+                  "| config | arrivals | " + " | ".join(f"{f:.2f}" for f in FRACTIONS)
+                  + " | best throughput |",
+                  "|---|---|" + "---|" * len(FRACTIONS) + "---|"]
+        for label, points in model["configs"].items():
+            for poisson in (False, True):
+                row = [p for p in points if p["poisson"] == poisson]
+                cells = " | ".join(f"{p['p50_ms']:.0f} / {p['p99_ms']:.0f}" for p in row)
+                best = max(p["throughput"] for p in row)
+                lines.append(f"| {label} | {'poisson' if poisson else 'constant'} | {cells} | {best:.1f} |")
+        lines += ["", "Cells: p50 / p99 latency in ms at each fraction of the limit.", ""]
+    lines += ["![latency vs throughput](results/runtime_vs_ort.png)", ""]
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 4.5), squeeze=False)
+    for ax, (name, model) in zip(axes[0], results.items()):
+        for label, points in model["configs"].items():
+            row = [p for p in points if p["poisson"]]
+            ax.plot([p["throughput"] for p in row], [p["p99_ms"] for p in row], marker="o", label=label)
+        ax.set_yscale("log")
+        ax.set_xlabel("achieved throughput (req/s)")
+        ax.set_ylabel("p99 latency (ms, log)")
+        ax.set_title(f"{name}, Poisson arrivals")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="resnet50,googlenet,vit-tiny")
+    parser.add_argument("--seconds", type=float, default=3.0, help="per rate point")
+    args = parser.parse_args()
+    overhead = task_overhead()
+    print(f"overhead per task: {overhead}", flush=True)
+    results = {name: measure_model(name, args) for name in args.models.split(",")}
+    out = HERE / "results"
+    out.mkdir(exist_ok=True)
+    (out / "runtime_vs_ort.json").write_text(json.dumps({"overhead": overhead, "models": results}, indent=1))
+    plot(results, out / "runtime_vs_ort.png")
+    write_section(markdown(results, overhead, args), HERE / "RESULTS.md", marker="runtime_vs_ort")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
