@@ -154,17 +154,27 @@ class DynamicBatcher:
     def _launch(self, batch: list[_Pending]) -> None:
         rows = sum(p.rows for p in batch)
         self.batches.append(rows)
-        if len(batch) == 1:
-            feeds = batch[0].feeds
-        else:
-            feeds = {name: np.concatenate([p.feeds[name] for p in batch]) for name in batch[0].feeds}
         try:
+            if len(batch) == 1:
+                feeds = batch[0].feeds
+            else:
+                feeds = {name: np.concatenate([p.feeds[name] for p in batch]) for name in batch[0].feeds}
             future = self.run_batch(feeds, rows)
-        except BaseException as exc:
+        except Exception as exc:  # e.g. the runtime closed: every request hears of it
             for pending in batch:
-                pending.future.set_exception(exc)
+                _settle(pending.future, error=exc)
             return
         future.add_done_callback(lambda done: _split(done, batch))
+
+
+def _settle(future: Future[Arrays], result: Arrays | None = None, error: BaseException | None = None) -> None:
+    """Complete a request's future unless its caller cancelled it."""
+    if not future.set_running_or_notify_cancel():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result if result is not None else {})
 
 
 def _split(done: Future[Arrays], batch: list[_Pending]) -> None:
@@ -172,14 +182,14 @@ def _split(done: Future[Arrays], batch: list[_Pending]) -> None:
     error = done.exception()
     if error is not None:
         for pending in batch:
-            pending.future.set_exception(error)
+            _settle(pending.future, error=error)
         return
     outputs = done.result()
     if len(batch) == 1:
-        batch[0].future.set_result(outputs)
+        _settle(batch[0].future, outputs)
         return
     offset = 0
     for pending in batch:
         rows = slice(offset, offset + pending.rows)
-        pending.future.set_result({name: value[rows].copy() for name, value in outputs.items()})
+        _settle(pending.future, {name: value[rows].copy() for name, value in outputs.items()})
         offset += pending.rows

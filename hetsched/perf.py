@@ -16,7 +16,7 @@ from collections.abc import Mapping
 
 from hetsched.task import Task, WorkerSpec
 from perfmodels.history import HistoryKey, HistoryModel
-from perfmodels.regression import fit_batch_model
+from perfmodels.regression import BatchFit, fit_batch_model
 from perfmodels.transfer import BusModel
 
 
@@ -26,7 +26,7 @@ class HistoryOracle:
     def __init__(self, history: HistoryModel, bus: BusModel | None = None) -> None:
         self.history = history
         self.bus = bus or BusModel()
-        self._fits: dict[tuple[str, str], tuple[int, object]] = {}
+        self._fits: dict[tuple[str, str], tuple[tuple[tuple[int, float], ...], BatchFit | None]] = {}
         self._lock = threading.Lock()
 
     def predict(self, task: Task, worker: WorkerSpec) -> float:
@@ -40,13 +40,14 @@ class HistoryOracle:
         points = [(b, mean_s) for b, mean_s, _ in self.history.batch_points(stage, arch)]
         if len({b for b, _ in points}) < 2:
             return math.nan
-        with self._lock:  # refit only when the set of points changed
+        key = tuple(points)
+        with self._lock:  # refit only when the points (batches or their means) changed
             cached = self._fits.get((stage, arch))
-            if cached is None or cached[0] != len(points):
-                cached = (len(points), fit_batch_model(points))
+            if cached is None or cached[0] != key:
+                cached = (key, fit_batch_model(points))
                 self._fits[(stage, arch)] = cached
         fit = cached[1]
-        return fit.predict(batch) if fit is not None else math.nan  # type: ignore[attr-defined]
+        return fit.predict(batch) if fit is not None else math.nan
 
     def transfer(self, task: Task, worker: WorkerSpec) -> float:
         total = 0.0

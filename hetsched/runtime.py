@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import os
 import threading
 from collections.abc import Mapping, Sequence
@@ -71,9 +72,12 @@ class Model:
         self.stages = stages
         self.inputs = inputs
         self.batcher: DynamicBatcher | None = None
+        self.unloaded = False
 
     def submit(self, inputs: Inputs) -> Future[dict[str, np.ndarray]]:
         """Queue one request (any batch size); bad inputs raise InvalidInputError before queuing."""
+        if self.unloaded:
+            raise UsageError(f"model {self.name!r} was unloaded; load it again to send it requests")
         feeds, batch = self._validate(inputs)
         if self.batcher is not None:
             self.runtime._check_open()
@@ -88,7 +92,8 @@ class Model:
         total = 0.0
         for stage, part in zip(self.stages, self.plan.parts):
             task = Task(stage, part.index, probe, footprint(shapes), batch)
-            total += min(self.runtime.oracle.predict(task, w) for w in self.runtime.specs)
+            predictions = [self.runtime.oracle.predict(task, w) for w in self.runtime.specs]
+            total += min((p for p in predictions if math.isfinite(p)), default=math.nan)
         return total
 
     def infer(self, inputs: Inputs, timeout: float | None = None) -> dict[str, np.ndarray]:
@@ -145,7 +150,7 @@ class Runtime:
         self.executor.report = self.scheduler.task_done
         self.models: dict[str, Model] = {}
         self._sequence = itertools.count()
-        self._in_flight = 0
+        self._in_flight: dict[int, tuple[Future[dict[str, np.ndarray]], Model]] = {}  # id(job) ->
         self._idle = threading.Condition()
         self._closed = False
         log.info("runtime: policy %s, workers %s", policy, [w.name for w in self.specs])
@@ -200,8 +205,14 @@ class Runtime:
             raise UsageError(f"no model named {name!r} is loaded; loaded: {sorted(self.models)}")
         if model.batcher is not None:
             model.batcher.close()
+        model.unloaded = True
+        with self._idle:  # its requests in flight finish first
+            self._idle.wait_for(lambda: all(m is not model for _, m in self._in_flight.values()),
+                                CLOSE_TIMEOUT_S)
+        still_used = {stage for other in self.models.values() for stage in other.stages}
+        unused = [stage for stage in model.stages if stage not in still_used]  # a model loaded twice shares
         for worker in self.executor.workers.values():
-            worker.unload(model.stages)
+            worker.unload(unused)
 
     def _submit(self, model: Model, feeds: dict[str, np.ndarray], batch: int
                 ) -> Future[dict[str, np.ndarray]]:
@@ -216,8 +227,13 @@ class Runtime:
                      for stage, part in zip(model.stages, model.plan.parts)]
         with self._idle:
             self._check_open()
-            self._in_flight += 1
-        self.scheduler.submit(job)
+            self._in_flight[id(job)] = (future, model)
+        try:
+            self.scheduler.submit(job)
+        except BaseException:
+            with self._idle:
+                self._in_flight.pop(id(job), None)
+            raise
         return future
 
     def _check_open(self) -> None:
@@ -234,20 +250,24 @@ class Runtime:
 
     def _job_done(self, job: Job, error: BaseException | None) -> None:
         data: _JobData = job.payload
-        if error is None:
-            data.future.set_result({n: data.values[n] for n in data.model.plan.model_outputs})
-        else:
-            failed = next((t for t in job.tasks if t.state.value == "failed" and t.worker), None)
+        try:
+            if not data.future.set_running_or_notify_cancel():
+                return  # the caller cancelled it while queued
+            if error is None:
+                data.future.set_result({n: data.values[n] for n in data.model.plan.model_outputs})
+                return
+            failed = job.failed_task
             worker = failed.worker.name if failed and failed.worker else "?"
             part = failed.part if failed else "?"
             message = f"{job.name}: part {part} failed on {worker}: {type(error).__name__}: {error}"
             wrapped = TaskFailedError(message, failed, worker)
             wrapped.__cause__ = error
             data.future.set_exception(wrapped)
-        data.values.clear()
-        with self._idle:
-            self._in_flight -= 1
-            self._idle.notify_all()
+        finally:
+            data.values.clear()
+            with self._idle:
+                self._in_flight.pop(id(job), None)
+                self._idle.notify_all()
 
     def close(self, timeout: float = CLOSE_TIMEOUT_S) -> None:
         """Stop accepting requests, finish those in flight, stop the workers, save what was learned."""
@@ -258,10 +278,15 @@ class Runtime:
             if self._closed:
                 return
             self._closed = True
-            drained = self._idle.wait_for(lambda: self._in_flight == 0, timeout)
+            drained = self._idle.wait_for(lambda: not self._in_flight, timeout)
+            stranded = [future for future, _ in self._in_flight.values()]
         if not drained:
-            log.warning("closing with %d requests still in flight after %.0f s", self._in_flight, timeout)
+            log.warning("closing with %d requests still in flight after %.0f s", len(stranded), timeout)
         self.executor.stop()
+        for future in stranded:  # never leave a caller waiting forever
+            if future.set_running_or_notify_cancel():
+                future.set_exception(RuntimeClosedError(f"the runtime closed after {timeout:.0f} s "
+                                                        "before this request finished"))
         if self.store is not None:
             self.store.add_history(self._recorded)
 

@@ -61,6 +61,10 @@ class Instrument(Protocol):
     def on_event(self, event: str, task: Task, worker: WorkerSpec | None, when_s: float) -> None: ...
 
 
+class SchedulingError(Exception):
+    """No worker can run a task (every eligible one failed it, or none holds its stage)."""
+
+
 class WorkerFault(Exception):
     """Raised by an executor when a task failed because of its worker (not its input): retry elsewhere."""
 
@@ -122,8 +126,8 @@ class Scheduler:
                 task.submit_s = now
                 self._emit("submit", task, None, now)
             for task in job.tasks:
-                if not job.depends_on[task.part]:
-                    self._make_ready(task, now)
+                if not job.depends_on[task.part] and task.state is TaskState.WAITING:
+                    self._make_ready(task, now, finished)
             self._dispatch(finished)
         self._notify(finished)
 
@@ -152,7 +156,13 @@ class Scheduler:
 
     # -- transitions (under the lock) -------------------------------------------------------
 
-    def _make_ready(self, task: Task, now: float) -> None:
+    def _make_ready(self, task: Task, now: float, finished: list[Job]) -> None:
+        """Hand a task whose inputs exist to the policy, or fail its job if no worker can take it."""
+        if not self.policy.context.eligible(task):
+            error = SchedulingError(f"{task}: no worker may run it (failed on {sorted(task.failed_on)}, "
+                                    "or no worker holds its stage)")
+            self._fail_job(task, error, finished)
+            return
         task.state = TaskState.READY
         task.ready_s = now
         self._emit("ready", task, None, now)
@@ -170,7 +180,7 @@ class Scheduler:
             if other.state is TaskState.WAITING and all(
                 job.tasks[d].state is TaskState.DONE for d in job.depends_on[other.part]
             ):
-                self._make_ready(other, now)
+                self._make_ready(other, now, finished)
         self._task_closed(task, finished)
 
     def _failed(self, task: Task, worker: WorkerSpec, error: BaseException, now: float,
@@ -179,18 +189,24 @@ class Scheduler:
         self.policy.on_done(task, worker, task.end_s - task.start_s)
         task.failed_on.add(worker.name)
         retry = isinstance(error, WorkerFault) and len(task.failed_on) < MAX_ATTEMPTS
-        if retry and any(w.name not in task.failed_on for w in self.workers):
+        if retry and self.policy.context.eligible(task):
             log.warning("%s failed on %s (%s); retrying elsewhere", task, worker.name, error)
             self._counts["retried"] += 1
-            self._make_ready(task, now)
+            self._make_ready(task, now, finished)
             return
+        cause = error.__cause__ if isinstance(error, WorkerFault) and error.__cause__ else error
+        self._fail_job(task, cause, finished)
+
+    def _fail_job(self, task: Task, error: BaseException, finished: list[Job]) -> None:
+        """Close ``task`` as failed and, with it, every task of its job that has not started."""
         task.state = TaskState.FAILED
         job = task.job
         if job.error is None:
-            job.error = error.__cause__ if isinstance(error, WorkerFault) and error.__cause__ else error
+            job.error, job.failed_task = error, task
         self._task_closed(task, finished)
-        for other in job.tasks:  # tasks still waiting for inputs will never get them
-            if other.state is TaskState.WAITING:
+        for other in job.tasks:
+            if other.state is TaskState.WAITING or (
+                    other.state is TaskState.READY and self.policy.discard(other)):
                 other.state = TaskState.FAILED
                 self._task_closed(other, finished)
 
@@ -213,14 +229,15 @@ class Scheduler:
                     continue
                 task = self.policy.pop(worker)
                 while task is not None and task.job.error is not None:  # its job already failed
+                    self.policy.on_done(task, worker, 0.0)  # the policy counted it as started
                     task.state = TaskState.FAILED
                     self._task_closed(task, finished)
                     task = self.policy.pop(worker)
                 if task is not None:
-                    self._start(task, worker)
+                    self._start(task, worker, finished)
                     progress = True
 
-    def _start(self, task: Task, worker: WorkerSpec) -> None:
+    def _start(self, task: Task, worker: WorkerSpec, finished: list[Job]) -> None:
         now = self.clock.now()
         task.state = TaskState.RUNNING
         task.worker = worker
@@ -230,7 +247,13 @@ class Scheduler:
         self._running[worker.name] = task
         self._busy_cores.update(worker.cores)
         self._emit("start", task, worker, now)
-        self.executor.start(task, worker)
+        try:
+            self.executor.start(task, worker)
+        except Exception as exc:  # the worker could not take it: free it, fail (or retry) the task
+            del self._running[worker.name]
+            self._busy_cores.difference_update(worker.cores)
+            task.end_s = now
+            self._failed(task, worker, exc, now, finished)
 
     def _emit(self, event: str, task: Task, worker: WorkerSpec | None, when_s: float) -> None:
         for instrument in self.instruments:
@@ -240,4 +263,7 @@ class Scheduler:
     def _notify(jobs: list[Job]) -> None:
         for job in jobs:
             if job.on_done is not None:
-                job.on_done(job, job.error)
+                try:
+                    job.on_done(job, job.error)
+                except Exception:  # a caller's callback must not take the worker thread down
+                    log.exception("completion callback of %s failed", job.name)

@@ -94,4 +94,5 @@ class Job:
     on_done: Callable[[Job, BaseException | None], None] | None = None
     tasks: list[Task] = field(default_factory=list)
     error: BaseException | None = None
+    failed_task: Task | None = None  # the task whose failure failed the job
     finished: bool = False

@@ -53,10 +53,11 @@ class TraceRecorder:
         with self._lock:
             return list(self._events)
 
-    def _spans(self) -> list[tuple[TraceEvent, TraceEvent]]:
+    @staticmethod
+    def _spans(events: list[TraceEvent]) -> list[tuple[TraceEvent, TraceEvent]]:
         starts: dict[int, TraceEvent] = {}
         spans = []
-        for event in self.events():
+        for event in events:
             if event.event == "start":
                 starts[event.task_id] = event
             elif event.event in ("end", "fail") and event.task_id in starts:
@@ -65,15 +66,16 @@ class TraceRecorder:
 
     def chrome_trace(self) -> dict[str, Any]:
         """Complete ("X") events, one row per worker, times in microseconds from the first event."""
-        events = self.events()
+        events = self.events()  # one snapshot: tracing may go on meanwhile
+        spans = self._spans(events)
         origin = min((e.when_s for e in events), default=0.0)
-        rows = sorted({s.worker for s, _ in self._spans() if s.worker})
+        rows = sorted({s.worker for s, _ in spans if s.worker})
         tid = {name: i for i, name in enumerate(rows)}
         trace: list[dict[str, Any]] = [
             {"ph": "M", "name": "thread_name", "pid": 1, "tid": i, "args": {"name": name}}
             for name, i in tid.items()
         ]
-        for start, end in self._spans():
+        for start, end in spans:
             trace.append({
                 "ph": "X", "pid": 1, "tid": tid[start.worker or ""], "name": f"{start.job} part {start.part}",
                 "ts": (start.when_s - origin) * 1e6, "dur": (end.when_s - start.when_s) * 1e6,
@@ -85,7 +87,7 @@ class TraceRecorder:
         Path(path).write_text(json.dumps(self.chrome_trace()))
 
     def summary(self) -> list[WorkerSummary]:
-        spans = self._spans()
+        spans = self._spans(self.events())
         if not spans:
             return []
         span_s = max(e.when_s for _, e in spans) - min(s.when_s for s, _ in spans)

@@ -155,12 +155,15 @@ class CpuWorker:
         return session
 
     def _execute(self, task: Task) -> None:
+        error: BaseException | None = None
         try:
             self._run_task(task, self.sessions[task.stage])
-        except BaseException as exc:  # the task's error goes to its request, never lost
-            self._on_done(task, exc)
-            return
-        self._on_done(task, None)
+        except Exception as exc:  # the task's error goes to its request, never lost
+            error = exc
+        try:
+            self._on_done(task, error)
+        except Exception:  # a bug of ours; keep serving the other tasks
+            log.exception("%s: reporting %s failed", self.spec.name, task)
 
 
 class ThreadExecutor:

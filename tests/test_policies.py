@@ -139,3 +139,44 @@ def test_dmdas_runs_older_requests_first_on_a_worker() -> None:
 def test_unknown_policy_lists_the_valid_ones() -> None:
     with pytest.raises(ValueError, match="dmda"):
         make_policy("fastest")
+
+
+@pytest.mark.parametrize("policy", sorted(POLICIES))
+def test_a_task_no_worker_can_run_fails_its_job_instead_of_hanging(policy: str) -> None:
+    clock = FakeClock()
+    table = {("s", "cpu:1t"): 0.01}
+    executor = SimulatedExecutor(clock, table_duration(table))
+    scheduler = Scheduler(make_policy(policy), [CPU], clock=clock, executor=executor, perf=TableOracle(table),
+                          can_run=lambda task, worker: task.stage != "nowhere")
+    executor.scheduler = scheduler
+    done: list[Job] = []
+    stuck, fine = make_job("stuck", ["s", "nowhere"], [[], [0]], done), make_job("fine", ["s"], [[]], done)
+    scheduler.submit(stuck)
+    scheduler.submit(fine)
+    executor.run()
+    assert {j.name for j in done} == {"stuck", "fine"}
+    assert stuck.error is not None and "no worker may run it" in str(stuck.error) and fine.error is None
+
+
+@pytest.mark.parametrize("policy", sorted(POLICIES))
+def test_a_failed_request_releases_its_queued_tasks_at_once(policy: str) -> None:
+    """Diamond 0 -> (1, 2) -> 3 where part 1 raises: part 2, still queued, is dropped with it."""
+    clock = FakeClock()
+    table = {(s, "cpu:1t"): 0.01 for s in "abcd"}
+
+    class Failing(SimulatedExecutor):
+        def start(self, task: Task, worker: WorkerSpec) -> None:
+            if task.stage == "b":
+                raise RuntimeError("broken part")
+            super().start(task, worker)
+
+    executor = Failing(clock, table_duration(table))
+    scheduler = Scheduler(make_policy(policy), [CPU], clock=clock, executor=executor, perf=TableOracle(table))
+    executor.scheduler = scheduler
+    done: list[Job] = []
+    job = make_job("diamond", ["a", "b", "c", "d"], [[], [0], [0], [1, 2]], done)
+    scheduler.submit(job)
+    executor.run()
+    assert done == [job] and isinstance(job.error, RuntimeError) and job.failed_task is job.tasks[1]
+    assert all(t.state in (TaskState.DONE, TaskState.FAILED) for t in job.tasks)
+    assert scheduler.statistics().running == ()

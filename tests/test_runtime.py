@@ -16,7 +16,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from hetsched import zoo
-from hetsched.errors import InvalidInputError, RuntimeClosedError, TaskFailedError
+from hetsched.errors import InvalidInputError, RuntimeClosedError, TaskFailedError, UsageError
 from hetsched.policies import POLICIES
 from hetsched.runtime import Runtime
 from hetsched.scheduler import WorkerFault
@@ -158,3 +158,27 @@ def test_workers_and_their_onnxruntime_threads_run_on_their_cores() -> None:
             status = Path(f"/proc/self/task/{tid}/status").read_text()
             allowed = status.split("Cpus_allowed_list:")[1].split()[0]
             assert allowed == ",".join(map(str, cores)) and cores[0] in wide.spec.cores[1:]
+
+
+def test_cancelled_requests_do_not_disturb_the_others() -> None:
+    with Runtime(policy="dmda") as runtime:
+        model = runtime.load(zoo.build("lenet5"), ratios=(0.5, 0.5))
+        feeds, want = expected(zoo.build("lenet5"), 1, 5)
+        futures = [model.submit(feeds) for _ in range(40)]
+        for future in futures[::3]:
+            future.cancel()
+        for future in futures:
+            if not future.cancelled():
+                np.testing.assert_allclose(future.result(timeout=30)["logits"], want["logits"], rtol=1e-5)
+        np.testing.assert_allclose(model.infer(feeds, timeout=30)["logits"], want["logits"], rtol=1e-5)
+
+
+def test_unloading_one_copy_keeps_the_other_serving() -> None:
+    proto = zoo.build("lenet5")
+    feeds, want = expected(proto, 1, 6)
+    with Runtime(policy="ws") as runtime:
+        first, second = runtime.load(proto, name="a"), runtime.load(proto, name="b")
+        runtime.unload("a")
+        np.testing.assert_allclose(second.infer(feeds, timeout=30)["logits"], want["logits"], rtol=1e-5)
+        with pytest.raises(UsageError, match="unloaded"):
+            first.submit(feeds)

@@ -11,7 +11,8 @@ own and must not block: it only decides.  Hooks:
   is free — after each push and after each task ends.  Return the task it
   should run now, or None.  Returning a task commits the worker to it.
 - ``on_done(task, worker, duration_s)``: after a task ran, successfully or not
-  (the worker's cores are free again).
+  (the worker's cores are free again), or was popped and dropped.
+- ``discard(task)``: the task's request failed; forget the task if still held.
 
 A policy learns about the platform through :class:`PolicyContext`: the workers,
 the clock, predicted compute and transfer times, and ``prefetch`` to start
@@ -73,6 +74,10 @@ class Policy(ABC):
 
     def on_done(self, task: Task, worker: WorkerSpec, duration_s: float) -> None:
         """Default: nothing to learn (the scheduler feeds the perf models itself)."""
+
+    @abstractmethod
+    def discard(self, task: Task) -> bool:
+        """Forget a ready task whose request failed; True if it was held (then it is never popped)."""
 
 
 def finite_or(value: float, default: float) -> float:

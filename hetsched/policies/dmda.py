@@ -137,6 +137,16 @@ class Dmda(Policy):
         self._busy.update(slots)
         return task
 
+    def discard(self, task: Task) -> bool:
+        for name, queue in self._queues.items():
+            for order, queued in queue:
+                if queued is task:
+                    queue.remove((order, queued))
+                    for slot in self._slots(task.worker) if task.worker else []:
+                        self._reservations[slot].remove((order, name))
+                    return True
+        return False
+
     def on_done(self, task: Task, worker: WorkerSpec, duration_s: float) -> None:
         """A core with nothing reserved is free now, whatever the prediction said."""
         now = self.context.clock.now()

@@ -25,3 +25,9 @@ class Eager(Policy):
                 self._queue.remove(task)
                 return task
         return None
+
+    def discard(self, task: Task) -> bool:
+        if task in self._queue:
+            self._queue.remove(task)
+            return True
+        return False

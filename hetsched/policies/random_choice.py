@@ -32,3 +32,10 @@ class RandomChoice(Policy):
     def pop(self, worker: WorkerSpec) -> Task | None:
         queue = self._queues.get(worker.name)
         return queue.popleft() if queue else None
+
+    def discard(self, task: Task) -> bool:
+        for queue in self._queues.values():
+            if task in queue:
+                queue.remove(task)
+                return True
+        return False

@@ -40,3 +40,10 @@ class WorkStealing(Policy):
                     queue.remove(task)
                     return task
         return None
+
+    def discard(self, task: Task) -> bool:
+        for queue in self._queues.values():
+            if task in queue:
+                queue.remove(task)
+                return True
+        return False
