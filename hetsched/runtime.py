@@ -150,7 +150,8 @@ class Runtime:
         self.executor.report = self.scheduler.task_done
         self.models: dict[str, Model] = {}
         self._sequence = itertools.count()
-        self._in_flight: dict[int, tuple[Future[dict[str, np.ndarray]], Model]] = {}  # id(job) ->
+        # id(job) -> (its future, its model): what close() drains and unload() waits for
+        self._in_flight: dict[int, tuple[Future[dict[str, np.ndarray]], Model]] = {}
         self._idle = threading.Condition()
         self._closed = False
         log.info("runtime: policy %s, workers %s", policy, [w.name for w in self.specs])

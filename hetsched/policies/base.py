@@ -21,8 +21,8 @@ moving a task's inputs to the chosen worker as soon as it is chosen.
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
@@ -80,5 +80,20 @@ class Policy(ABC):
         """Forget a ready task whose request failed; True if it was held (then it is never popped)."""
 
 
-def finite_or(value: float, default: float) -> float:
-    return value if math.isfinite(value) else default
+class PerWorkerQueues(Policy):
+    """Base of policies that keep one FIFO queue per worker (random, ws)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._queues: dict[str, deque[Task]] = {}
+
+    def _queue(self, worker: WorkerSpec) -> deque[Task]:
+        return self._queues.setdefault(worker.name, deque())
+
+    def discard(self, task: Task) -> bool:
+        for queue in self._queues.values():
+            if task in queue:
+                queue.remove(task)
+                return True
+        return False
+

@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import math
 import random
-from collections import deque
 
-from hetsched.policies.base import Policy
+from hetsched.policies.base import PerWorkerQueues
 from hetsched.task import Task, WorkerSpec
 
 
-class RandomChoice(Policy):
+class RandomChoice(PerWorkerQueues):
     name = "random"
     description = "each task to a random worker, weighted by predicted speed (uniform until calibrated)"
 
     def __init__(self, seed: int = 0) -> None:
         super().__init__()
         self._rng = random.Random(seed)
-        self._queues: dict[str, deque[Task]] = {}
 
     def push(self, task: Task) -> None:
         workers = self.context.eligible(task)
@@ -27,15 +25,9 @@ class RandomChoice(Policy):
         else:
             weights = [1.0] * len(workers)
         chosen = self._rng.choices(workers, weights)[0]
-        self._queues.setdefault(chosen.name, deque()).append(task)
+        self._queue(chosen).append(task)
 
     def pop(self, worker: WorkerSpec) -> Task | None:
         queue = self._queues.get(worker.name)
         return queue.popleft() if queue else None
 
-    def discard(self, task: Task) -> bool:
-        for queue in self._queues.values():
-            if task in queue:
-                queue.remove(task)
-                return True
-        return False

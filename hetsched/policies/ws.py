@@ -3,22 +3,13 @@ steals the newest task of the longest queue (StarPU's ws, without locality hints
 
 from __future__ import annotations
 
-from collections import deque
-
-from hetsched.policies.base import Policy
+from hetsched.policies.base import PerWorkerQueues
 from hetsched.task import Task, WorkerSpec
 
 
-class WorkStealing(Policy):
+class WorkStealing(PerWorkerQueues):
     name = "ws"
     description = "per-worker queues; tasks to the shortest, idle workers steal from the longest"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._queues: dict[str, deque[Task]] = {}
-
-    def _queue(self, worker: WorkerSpec) -> deque[Task]:
-        return self._queues.setdefault(worker.name, deque())
 
     def push(self, task: Task) -> None:
         workers = self.context.eligible(task)
@@ -41,9 +32,3 @@ class WorkStealing(Policy):
                     return task
         return None
 
-    def discard(self, task: Task) -> bool:
-        for queue in self._queues.values():
-            if task in queue:
-                queue.remove(task)
-                return True
-        return False
