@@ -148,6 +148,8 @@ def measure_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
           flush=True)
     results: dict[str, Any] = {"limit_per_s": limit, "one_thread_ms": one_thread_s * 1e3, "configs": {}}
     for label, make in configurations(proto, feeds):
+        if args.configs and label not in args.configs.split(","):
+            continue
         server, submit = make()
         points = []
         for poisson in (False, True):
@@ -242,15 +244,23 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="resnet50,googlenet,vit-tiny")
     parser.add_argument("--seconds", type=float, default=3.0, help="per rate point")
+    parser.add_argument("--configs", default="", help="only these configurations, comma-separated; "
+                        "written to a section of their own (e.g. 'ort 1x2t,hetsched auto')")
     args = parser.parse_args()
     overhead = task_overhead()
     print(f"overhead per task: {overhead}", flush=True)
     results = {name: measure_model(name, args) for name in args.models.split(",")}
     out = HERE / "results"
     out.mkdir(exist_ok=True)
-    (out / "runtime_vs_ort.json").write_text(json.dumps({"overhead": overhead, "models": results}, indent=1))
-    plot(results, out / "runtime_vs_ort.png")
-    write_section(markdown(results, overhead, args), HERE / "RESULTS.md", marker="runtime_vs_ort")
+    stem = "runtime_vs_ort" + ("_subset" if args.configs else "")
+    (out / f"{stem}.json").write_text(json.dumps({"overhead": overhead, "models": results}, indent=1))
+    plot(results, out / f"{stem}.png")
+    text = markdown(results, overhead, args).replace("results/runtime_vs_ort.png", f"results/{stem}.png")
+    if args.configs:
+        label = f"(bench/runtime_vs_ort.py, configs: {args.configs})"
+        text = text.replace("(bench/runtime_vs_ort.py)", label)
+        text = text.replace("--seconds", f"--configs '{args.configs}' --seconds")
+    write_section(text, HERE / "RESULTS.md", marker=stem)
     return 0
 
 

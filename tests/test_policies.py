@@ -180,3 +180,10 @@ def test_a_failed_request_releases_its_queued_tasks_at_once(policy: str) -> None
     assert done == [job] and isinstance(job.error, RuntimeError) and job.failed_task is job.tasks[1]
     assert all(t.state in (TaskState.DONE, TaskState.FAILED) for t in job.tasks)
     assert scheduler.statistics().running == ()
+
+
+def test_a_wide_worker_that_scales_well_stays_in_use_under_load() -> None:
+    """0.51 s wide vs 1.0 s narrow on 2 cores: wide loses no throughput, so it takes everything."""
+    table = {("s", "cpu:2t"): 0.51, ("s", "cpu:1t"): 1.0}
+    _, executor, _ = simulate("dmda", [WIDE, *NARROW], table, single_tasks(8))
+    assert {w for _, w in executor.started} == {"wide"}

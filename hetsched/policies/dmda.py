@@ -41,6 +41,10 @@ from collections import deque
 from hetsched.policies.base import Policy, PolicyContext
 from hetsched.task import Task, WorkerSpec
 
+# A wide worker that delivers at least this share of its narrow workers' combined throughput
+# stays a candidate under load (StarPU's parallel tasks pay when their efficiency is high).
+WIDE_EFFICIENCY = 0.95
+
 
 class Dmda(Policy):
     name = "dmda"
@@ -67,10 +71,21 @@ class Dmda(Policy):
                       if any(o.cores and set(o.cores) < set(w.cores) for o in ctx.workers)}
 
     def _candidates(self, task: Task, now: float) -> list[WorkerSpec]:
-        """Eligible workers; wide ones only while their cores are expected idle."""
+        """Eligible workers; a wide one only while its cores are expected idle, unless it is
+        about as efficient as its narrow workers together (then it never loses throughput)."""
         workers = self.context.eligible(task)
-        idle = [w for w in workers if w.name not in self._wide or self._idle(w, now)]
-        return idle or workers
+        keep = [w for w in workers
+                if w.name not in self._wide or self._idle(w, now) or self._efficient(task, w, workers)]
+        return keep or workers
+
+    def _efficient(self, task: Task, wide: WorkerSpec, workers: list[WorkerSpec]) -> bool:
+        """Wide time <= (narrow time / number of cores) / WIDE_EFFICIENCY, both calibrated."""
+        narrow = [w for w in workers if w.cores and set(w.cores) < set(wide.cores)]
+        wide_s = self.context.predict_s(task, wide)
+        narrow_s = [self.context.predict_s(task, w) for w in narrow]
+        if not narrow or not math.isfinite(wide_s) or not all(math.isfinite(t) for t in narrow_s):
+            return False
+        return wide_s * WIDE_EFFICIENCY <= min(narrow_s) / len(wide.cores)
 
     def _load(self, worker: WorkerSpec) -> int:
         """Tasks queued or running on the worker: spreads calibration work, whose length is unknown."""
