@@ -3,7 +3,7 @@
 Runs :func:`perfmodels.transfer.calibrate` (host memcpy always; pinned and
 pageable host <-> GPU copies for each GPU cupy sees), prints one line per link,
 writes bench/results/bus_calibration.json (the raw points and the model in its
-``hetsched.bus/1`` form), and prints a markdown section for bench/RESULTS.md.
+``hetsched.bus/1`` form), and writes its section of bench/RESULTS.md.
 
     PYTHONPATH=. python bench/bus_calibration.py [--repeats 9]
 """
@@ -20,6 +20,8 @@ from dataclasses import asdict
 from datetime import date
 from pathlib import Path
 from typing import Any
+
+from results_md import write_section
 
 from perfmodels.transfer import (
     DEFAULT_REPEATS,
@@ -89,8 +91,8 @@ def main() -> int:
     result = {"calibration_s": seconds, "links": table, "points": [asdict(p) for p in points],
               "model": bus.to_dict()}
     (out_dir / "bus_calibration.json").write_text(json.dumps(result, indent=1) + "\n")
-    print(f"\nwrote {out_dir / 'bus_calibration.json'}\n\nmarkdown for bench/RESULTS.md:\n")
-    print(markdown(table, seconds))
+    write_section(markdown(table, seconds), Path(__file__).parent / "RESULTS.md", marker="bus_calibration")
+    print(f"\nwrote {out_dir / 'bus_calibration.json'} and its section of bench/RESULTS.md")
     return 0
 
 

@@ -14,6 +14,7 @@ sessions come from the worker layer); until then only CPU kinds calibrate.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -33,7 +34,7 @@ from partitioner.plan import PartitionPlan
 from perfmodels.composition import CompositionModel, CompositionSample, fit_composition, scaled_node_sum
 from perfmodels.costs import NodeCosts
 from perfmodels.history import HistoryKey, HistoryModel, footprint, stage_id
-from perfmodels.measure import cpu_session, timed_runs
+from perfmodels.measure import timed_runs
 from perfmodels.profile import DEFAULT_METHOD, profile
 from perfmodels.store import PerfModelStore
 from perfmodels.transfer import FORMAT as BUS_FORMAT
@@ -79,8 +80,9 @@ class PlanSource:
         stages = [stage_id((path / p.file).read_bytes()) for p in plan.parts]
         return cls(path, plan, stages)
 
+    @functools.cached_property
     def input_values(self) -> list[onnx.ValueInfoProto]:
-        """Declared model inputs, gathered from the parts that read them."""
+        """Declared model inputs, gathered from the parts that read them (read once)."""
         found: dict[str, onnx.ValueInfoProto] = {}
         for part in self.plan.parts:
             model = onnx.load(str(self.directory / part.file), load_external_data=False)
@@ -108,10 +110,12 @@ def calibrate(
     report = CalibrationReport()
     delta = HistoryModel(min_samples=min_samples)
     for count in threads:
+        runner = SequentialRunner(source.plan, source.directory, count)  # sessions made once per kind
         samples: list[CompositionSample] = []
         for batch in batches:
             label = f"{cpu_arch(count)} batch {batch}"
-            measured = _calibrate_batch(source, batch, count, delta, progress(label) if progress else None)
+            bar = progress(label) if progress else None
+            measured = _calibrate_batch(source, runner, batch, count, delta, bar)
             for index, seconds in measured.items():
                 report.measured_s[(index, cpu_arch(count), batch)] = seconds
             samples += _composition_samples(source, batch, count, measured, report)
@@ -124,20 +128,19 @@ def calibrate(
 
 
 def _calibrate_batch(
-    source: PlanSource, batch: int, threads: int, delta: HistoryModel,
+    source: PlanSource, runner: SequentialRunner, batch: int, threads: int, delta: HistoryModel,
     progress: Callable[[int, int], None] | None,
 ) -> dict[int, float]:
     """Median seconds per part at one batch and thread count; every sample goes into ``delta``."""
-    feeds = random_values(source.input_values(), batch)
-    values = SequentialRunner(source.plan, source.directory, threads).run_all(feeds)
+    feeds = random_values(source.input_values, batch)
+    values = runner.run_all(feeds)  # also the warm-up: each session has just run once at this batch
     # Keyed by the request's input shapes, as the runtime keys every task it runs.
     request_footprint = footprint({name: tuple(np.shape(v)) for name, v in feeds.items()})
     medians: dict[int, float] = {}
     for done, part in enumerate(source.plan.parts, start=1):
         inputs = {name: values[name] for name in part.inputs}
         key = HistoryKey(source.stages[part.index], cpu_arch(threads), request_footprint)
-        session = cpu_session(source.directory / part.file, threads)
-        session.run(None, inputs)  # warm-up: the first run allocates
+        session = runner.sessions[part.index]
         samples: list[float] = []
         while not delta.is_trusted(key) and len(samples) < MAX_RUNS_PER_ENTRY:
             run = timed_runs(session, inputs, 1)[0]

@@ -139,7 +139,8 @@ class Runtime:
         self.store = PerfModelStore(perfmodel_dir) if perfmodel_dir is not None else None
         history = self.store.load_history() if self.store else HistoryModel()
         self._recorded = HistoryModel(min_samples=history.min_samples)  # what this run learned
-        self.oracle = _RecordingOracle(history, self._recorded)
+        # Samples are kept apart only when there is a store to merge them into (a second lock per task).
+        self.oracle = _RecordingOracle(history, self._recorded) if self.store else HistoryOracle(history)
         self.executor = ThreadExecutor(self._run_task)
         for spec in self.specs:
             self.executor.add(spec)

@@ -38,13 +38,13 @@ one inter-op thread, sequential execution, all graph optimizations on):
     the same machine load.
 
 Why ``ort-profile`` is the default: on the zoo at batch 1, 1 thread (a shared
-2-core x86 VM; timings are measured by scripts, never by tests), its node
+2-core x86 VM; measured by ``bench/profile_methods.py``, numbers in bench/RESULTS.md), its node
 costs add up to the whole-model time within about 1 % on ResNet-18/50,
 MobileNetV2, GoogLeNet, ViT-Tiny and VGG16, because they are the kernels that
-really run.  The isolated sum lands anywhere from -6 % to +34 % on the same
+really run.  The isolated sum lands anywhere from 0 % to +34 % on the same
 models (unfused BatchNormalization/Relu/Add, per-node layout reorders and call
 overhead, against whatever load the machine had while the sum was taken) and
-2.5-10x over on models of microsecond nodes (LeNet-5, the control-flow stress
+2-6x over on models of microsecond nodes (LeNet-5, the control-flow stress
 model), where per-call overhead dominates.  ``ort-profile`` is also about twice
 as fast (ResNet-50: ~3 s against ~6 s), since it builds two sessions instead of
 one per node.  Its own bias: the profiler adds a microsecond or two per kernel,

@@ -22,6 +22,7 @@ from hetsched.runtime import Runtime
 from hetsched.scheduler import WorkerFault
 from hetsched.sequential import run_whole
 from partitioner.feeds import random_feeds
+from perfmodels.store import PerfModelStore
 
 MODELS = {"lenet5": (0.5, 0.5), "multi-io": (0.75, 0.25), "control-flow": (0.4, 0.3, 0.3)}
 
@@ -182,3 +183,15 @@ def test_unloading_one_copy_keeps_the_other_serving() -> None:
         np.testing.assert_allclose(second.infer(feeds, timeout=30)["logits"], want["logits"], rtol=1e-5)
         with pytest.raises(UsageError, match="unloaded"):
             first.submit(feeds)
+
+
+def test_what_a_runtime_learned_is_saved_to_the_store(tmp_path: Path) -> None:
+    proto = zoo.build("lenet5")
+    feeds, _ = expected(proto, 1, 7)
+    with Runtime(policy="dmda", perfmodel_dir=tmp_path) as runtime:
+        model = runtime.load(proto, ratios=(0.5, 0.5))
+        for _ in range(12):
+            model.infer(feeds, timeout=30)
+    history = PerfModelStore(tmp_path).load_history()
+    assert {k.stage for k in history.keys()} == set(model.stages)
+    assert sum(history.stats(k).count for k in history.keys()) == 24  # 12 requests x 2 parts

@@ -59,31 +59,34 @@ class Dmda(Policy):
         self._free_s: dict[str, float] = {}  # per core ("c3") or per coreless worker ("w:gpu0")
         self._reservations: dict[str, deque[tuple[int, str]]] = {}  # slot -> (order, worker name)
         self._wide: set[str] = set()  # workers whose cores strictly contain another worker's
+        self._slot_names: dict[str, list[str]] = {}
+        self._narrow_of: dict[str, list[WorkerSpec]] = {}  # wide worker -> narrow ones on its cores
         self._busy: set[str] = set()  # slots of running tasks
 
-    @staticmethod
-    def _slots(worker: WorkerSpec) -> list[str]:
-        return [f"c{core}" for core in worker.cores] or [f"w:{worker.name}"]
+    def _slots(self, worker: WorkerSpec) -> list[str]:
+        return self._slot_names[worker.name]
 
     def attach(self, ctx: PolicyContext) -> None:
         super().attach(ctx)
-        self._wide = {w.name for w in ctx.workers
-                      if any(o.cores and set(o.cores) < set(w.cores) for o in ctx.workers)}
+        # Fixed for the platform's life, so computed once, not on every push.
+        self._slot_names = {w.name: [f"c{core}" for core in w.cores] or [f"w:{w.name}"] for w in ctx.workers}
+        self._narrow_of = {w.name: [o for o in ctx.workers if o.cores and set(o.cores) < set(w.cores)]
+                           for w in ctx.workers}
+        self._wide = {name for name, narrow in self._narrow_of.items() if narrow}
 
-    def _candidates(self, task: Task, now: float) -> list[WorkerSpec]:
+    def _candidates(self, workers: list[WorkerSpec], predicted: dict[str, float], now: float
+                    ) -> list[WorkerSpec]:
         """Eligible workers; a wide one only while its cores are expected idle, unless it is
         about as efficient as its narrow workers together (then it never loses throughput)."""
-        workers = self.context.eligible(task)
         keep = [w for w in workers
-                if w.name not in self._wide or self._idle(w, now) or self._efficient(task, w, workers)]
+                if w.name not in self._wide or self._idle(w, now) or self._efficient(w, workers, predicted)]
         return keep or workers
 
-    def _efficient(self, task: Task, wide: WorkerSpec, workers: list[WorkerSpec]) -> bool:
+    def _efficient(self, wide: WorkerSpec, workers: list[WorkerSpec], predicted: dict[str, float]) -> bool:
         """Wide time <= (narrow time / number of cores) / WIDE_EFFICIENCY, both calibrated."""
-        narrow = [w for w in workers if w.cores and set(w.cores) < set(wide.cores)]
-        wide_s = self.context.predict_s(task, wide)
-        narrow_s = [self.context.predict_s(task, w) for w in narrow]
-        if not narrow or not math.isfinite(wide_s) or not all(math.isfinite(t) for t in narrow_s):
+        narrow_s = [predicted[w.name] for w in self._narrow_of[wide.name] if w in workers]
+        wide_s = predicted[wide.name]
+        if not narrow_s or not math.isfinite(wide_s) or not all(math.isfinite(t) for t in narrow_s):
             return False
         return wide_s * WIDE_EFFICIENCY <= min(narrow_s) / len(wide.cores)
 
@@ -104,10 +107,12 @@ class Dmda(Policy):
     def push(self, task: Task) -> None:
         ctx = self.context
         now = ctx.clock.now()
-        workers = self._candidates(task, now)
-        if not workers:
+        eligible = ctx.eligible(task)
+        if not eligible:
             raise RuntimeError(f"{task}: no worker may run it (failed on {sorted(task.failed_on)})")
-        lengths = [ctx.predict_s(task, w) for w in workers]
+        predicted = {w.name: ctx.predict_s(task, w) for w in eligible}  # once per push: the hot path
+        workers = self._candidates(eligible, predicted, now)
+        lengths = [predicted[w.name] for w in workers]
         transfers = [ctx.transfer_s(task, w) for w in workers]
         uncalibrated = [i for i, length in enumerate(lengths) if not math.isfinite(length)]
         if uncalibrated:
