@@ -162,6 +162,45 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from hetsched.daemon.server import ServeOptions, serve
+
+    logging.getLogger().setLevel(logging.DEBUG if args.verbose else logging.INFO)  # a daemon reports its work
+    return serve(ServeOptions(
+        model_repository=args.model_repository, host=args.host, http_port=args.http_port,
+        grpc_port=args.grpc_port, metrics_port=args.metrics_port, workers=args.workers, policy=args.policy,
+        perfmodel_dir=args.perfmodel_dir, max_body_bytes=args.max_body_bytes, admin_header=args.admin_header))
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    serve = sub.add_parser("serve", help="the daemon: Triton's KServe v2 protocol over HTTP and gRPC")
+    serve.add_argument("--model-repository", required=True, metavar="DIR",
+                       help="Triton model repository: DIR/<model>/<version>/model.onnx "
+                       "[+ DIR/<model>/config.pbtxt]")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to bind (default 127.0.0.1: this machine only)")
+    serve.add_argument("--http-port", type=_port, default=8000, help="0: any free port (logged)")
+    serve.add_argument("--grpc-port", type=_port, default=8001)
+    serve.add_argument("--metrics-port", type=int, default=8002, help="Prometheus /metrics; -1: none")
+    serve.add_argument("--workers", default="auto",
+                       help="core groups: auto, numa, socket or NxK (default auto)")
+    serve.add_argument("--policy", default="dmda", help="scheduling policy (default dmda)")
+    serve.add_argument("--perfmodel-dir", default=None,
+                       help="perf-model store (default $HETSCHED_PERFMODEL_DIR or the user cache)")
+    serve.add_argument("--max-body-bytes", type=_positive_int, default=1 << 30,
+                       help="largest request body or gRPC message (default 1 GiB); larger: HTTP 413")
+    serve.add_argument("--admin-header", metavar="NAME=VALUE", default=None,
+                       help="require this header on model load and unload requests")
+    serve.set_defaults(run=_cmd_serve)
+
+
+def _port(text: str) -> int:
+    value = int(text) if text.isdigit() else -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535; 0: any free port)")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hetsched", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
@@ -184,6 +223,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_profile(sub)
     _add_partition(sub)
     _add_perfmodel_commands(sub)
+    _add_serve(sub)
     return parser
 
 

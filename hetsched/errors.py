@@ -8,12 +8,16 @@
     │   ├── RatiosError              impossible partition ratios
     │   ├── PlanFormatError          unreadable or inconsistent plan.json
     │   ├── BusFormatError           a bus-model document of another format
-    │   └── InvalidInputError        infer() inputs of the wrong name, dtype or shape
+    │   ├── InvalidInputError        infer() inputs of the wrong name, dtype or shape
+    │   └── ModelNotFoundError       a request for a model that is not loaded (HTTP 404)
     ├── PartitionError               no valid plan could be produced
     │   └── CyclicPlanError          the graph of parts has a cycle (``.cycle``)
     ├── CalibrationUnavailable       a calibration this machine cannot run (no GPU, no cupy)
     ├── TaskFailedError              a part failed: ``.task``, ``.worker``, cause = the original error
     ├── RuntimeClosedError           work submitted to a closed runtime
+    ├── OverloadedError              a model's queue is full: retry later (HTTP 503)
+    ├── AccessDeniedError            a restricted request without the server's secret header (HTTP 403)
+    ├── ServerError                  an error answered by a hetsched or Triton server (``.status``)
     └── InternalError                a broken invariant: a bug of ours
 
 The classes are defined in :mod:`partitioner.errors` (the lowest layer, so the
@@ -51,9 +55,33 @@ class RuntimeClosedError(HetschedError):
     """The runtime was closed; load models and submit requests to an open one."""
 
 
+class ModelNotFoundError(UsageError):
+    """No model of that name (or version) is loaded."""
+
+
+class OverloadedError(HetschedError):
+    """A model's queue of accepted requests is full; nothing was queued, the caller may retry."""
+
+
+class AccessDeniedError(HetschedError):
+    """A request to load or unload models without the header the server was started to require."""
+
+
+class ServerError(HetschedError):
+    """An error a server answered with; ``status`` is the HTTP status or the gRPC status code name."""
+
+    def __init__(self, message: str, status: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 __all__ = [
+    "AccessDeniedError",
     "InvalidInputError",
+    "ModelNotFoundError",
+    "OverloadedError",
     "RuntimeClosedError",
+    "ServerError",
     "TaskFailedError",
     "BusFormatError",
     "CalibrationUnavailable",

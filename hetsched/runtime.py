@@ -31,15 +31,21 @@ import onnx
 
 from hetsched.batching import DynamicBatcher, choose_batch
 from hetsched.clock import MonotonicClock
-from hetsched.errors import InvalidInputError, RuntimeClosedError, TaskFailedError, UsageError
+from hetsched.errors import (
+    InvalidInputError,
+    OverloadedError,
+    RuntimeClosedError,
+    TaskFailedError,
+    UsageError,
+)
 from hetsched.perf import HistoryOracle
 from hetsched.policies import make_policy
-from hetsched.scheduler import Scheduler
+from hetsched.scheduler import Instrument, Scheduler
 from hetsched.task import Job, Task, WorkerSpec
 from hetsched.topology import cpu_workers, discover
 from hetsched.trace import TraceRecorder
 from hetsched.workers import StageModel, ThreadExecutor
-from partitioner.feeds import random_feeds
+from partitioner.feeds import random_feeds, random_values
 from partitioner.graph import build_graph
 from partitioner.partition import partition
 from partitioner.plan import PartitionPlan
@@ -50,6 +56,12 @@ log = logging.getLogger(__name__)
 
 Inputs = Mapping[str, np.ndarray]
 CLOSE_TIMEOUT_S = 60.0
+JOB_SEPARATOR = "#"  # a job is named <model name>#<sequence number>
+
+
+def job_model_name(job: Job) -> str:
+    """The name of the model a runtime job belongs to (what instruments attribute its tasks to)."""
+    return job.name.rpartition(JOB_SEPARATOR)[0]
 
 
 @dataclass(frozen=True)
@@ -65,24 +77,74 @@ class Model:
     """A loaded model: validated requests in, futures of output dictionaries out."""
 
     def __init__(self, runtime: Runtime, name: str, plan: PartitionPlan, stages: list[str],
-                 inputs: list[InputSpec]) -> None:
+                 input_values: list[onnx.ValueInfoProto], max_queue: int | None = None) -> None:
         self.runtime = runtime
         self.name = name
         self.plan = plan
         self.stages = stages
-        self.inputs = inputs
+        self.input_values = input_values  # the model's true inputs, as declared
+        self.inputs = [_input_spec(value) for value in input_values]
         self.batcher: DynamicBatcher | None = None
         self.unloaded = False
+        self.max_queue = max_queue
+        self._pending = 0  # accepted and not answered yet, bounded by max_queue
+        self._pending_lock = threading.Lock()
+
+    @property
+    def pending(self) -> int:
+        """Requests accepted and not answered yet (waiting for a batch, queued or running)."""
+        return self._pending
 
     def submit(self, inputs: Inputs) -> Future[dict[str, np.ndarray]]:
-        """Queue one request (any batch size); bad inputs raise InvalidInputError before queuing."""
+        """Queue one request (any batch size).
+
+        Bad inputs raise InvalidInputError and a full queue raises OverloadedError, both
+        before anything is queued; an accepted request is always answered.
+        """
         if self.unloaded:
             raise UsageError(f"model {self.name!r} was unloaded; load it again to send it requests")
         feeds, batch = self._validate(inputs)
-        if self.batcher is not None:
-            self.runtime._check_open()
-            return self.batcher.submit(feeds, batch)
-        return self.runtime._submit(self, feeds, batch)
+        with self._pending_lock:
+            if self.max_queue is not None and self._pending >= self.max_queue:
+                raise OverloadedError(f"model {self.name!r}: {self._pending} requests already queued "
+                                      f"(max_queue={self.max_queue}); retry later or raise max_queue")
+            self._pending += 1
+        try:
+            if self.batcher is not None:
+                self.runtime._check_open()
+                future = self.batcher.submit(feeds, batch)
+            else:
+                future = self.runtime._submit(self, feeds, batch)
+        except BaseException:
+            self._answered()
+            raise
+        future.add_done_callback(self._answered)
+        return future
+
+    def _answered(self, _: object = None) -> None:
+        with self._pending_lock:
+            self._pending -= 1
+
+    def warm_up(self, max_requests: int, batch: int = 1) -> int:
+        """Send random requests one at a time until every worker's perf model of every part is
+        trusted at this batch size (StarPU's calibration), ``max_requests`` at most; returns how
+        many ran.  Runs before the model takes traffic, so the first users meet a calibrated
+        scheduler rather than paying for exploration."""
+        sent = 0
+        while sent < max_requests and not self.calibrated(batch):
+            feeds = random_values(self.input_values, batch, seed=sent)
+            self.runtime._submit(self, feeds, batch).result()
+            sent += 1
+        return sent
+
+    def calibrated(self, batch: int) -> bool:
+        """Whether every (part, worker) pair has a trusted prediction at this batch size."""
+        shapes = {spec.name: tuple(batch if d is None else d for d in spec.shape) for spec in self.inputs}
+        probe = Job("probe", [p.depends_on for p in self.plan.parts])
+        tasks = [Task(stage, part.index, probe, footprint(shapes), batch)
+                 for stage, part in zip(self.stages, self.plan.parts)]
+        return all(math.isfinite(self.runtime.oracle.predict(task, worker))
+                   for task in tasks for worker in self.runtime.specs)
 
     def predicted_s(self, batch: int) -> float:
         """Predicted seconds of one batch: its parts one after another, each on its fastest kind
@@ -134,7 +196,8 @@ class Runtime:
     """Workers found on this machine, one scheduler, any number of loaded models."""
 
     def __init__(self, workers: str = "auto", policy: str = "dmda", narrow: bool = True,
-                 perfmodel_dir: str | os.PathLike[str] | None = None, trace: bool = False) -> None:
+                 perfmodel_dir: str | os.PathLike[str] | None = None, trace: bool = False,
+                 instruments: Sequence[Instrument] = ()) -> None:
         self.specs: list[WorkerSpec] = cpu_workers(discover(), workers, narrow)
         self.store = PerfModelStore(perfmodel_dir) if perfmodel_dir is not None else None
         history = self.store.load_history() if self.store else HistoryModel()
@@ -147,7 +210,7 @@ class Runtime:
         self.tracer = TraceRecorder() if trace else None
         self.scheduler = Scheduler(make_policy(policy), self.specs, clock=MonotonicClock(),
                                    executor=self.executor, perf=self.oracle,
-                                   instruments=[self.tracer] if self.tracer else [])
+                                   instruments=[*instruments, *([self.tracer] if self.tracer else [])])
         self.executor.report = self.scheduler.task_done
         self.models: dict[str, Model] = {}
         self._sequence = itertools.count()
@@ -165,13 +228,18 @@ class Runtime:
 
     def load(self, model: str | os.PathLike[str] | bytes | onnx.ModelProto,
              ratios: Sequence[float] = (1.0,), name: str | None = None, profile: bool = False,
-             batch: int = 1, max_batch: int = 1, max_queue_delay_s: float = 0.002) -> Model:
+             batch: int = 1, max_batch: int = 1, max_queue_delay_s: float = 0.002,
+             max_queue: int | None = None) -> Model:
         """Partition ``model`` by ``ratios`` and create every part's session on every worker now.
 
         ``max_batch`` > 1 turns on dynamic batching: requests wait at most
         ``max_queue_delay_s`` to join a batch whose size the chooser picks for the
         observed arrival rate (``batch`` is the size tensor bytes are weighed at).
+        ``max_queue`` bounds the requests accepted and not yet answered: past it,
+        ``submit`` raises OverloadedError at once instead of growing memory.
         """
+        if max_queue is not None and max_queue < 1:
+            raise UsageError(f"max_queue must be at least 1, got {max_queue}")
         if self._closed:
             raise RuntimeClosedError("this runtime is closed; create a new one to load models")
         if name is None:
@@ -192,9 +260,14 @@ class Runtime:
         stage_models = [StageModel(s, b, p.inputs, p.outputs) for s, b, p in zip(stages, blobs, result.parts)]
         for future in [w.load(stage_models) for w in self.executor.workers.values()]:
             future.result()
-        loaded = Model(self, name, result.plan, stages, _input_specs(graph.model))
+        initializers = {t.name for t in graph.model.graph.initializer}
+        input_values = [v for v in graph.model.graph.input if v.name not in initializers]
+        loaded = Model(self, name, result.plan, stages, input_values, max_queue)
         if max_batch > 1:
-            _check_batchable(graph.model, name)
+            if not rows_independent(graph.model):
+                raise UsageError(f"model {name!r}: the outputs of a batch differ from its requests run "
+                                 "one by one (rows depend on each other), so requests cannot be batched "
+                                 "together; load it with max_batch=1")
             loaded.batcher = DynamicBatcher(
                 lambda feeds, rows: self._submit(loaded, feeds, rows), max_batch, max_queue_delay_s,
                 self.scheduler.clock, target=lambda rate: choose_batch(rate, loaded.predicted_s, max_batch))
@@ -220,7 +293,7 @@ class Runtime:
                 ) -> Future[dict[str, np.ndarray]]:
         future: Future[dict[str, np.ndarray]] = Future()
         sequence = next(self._sequence)
-        job = Job(f"{model.name}#{sequence}", [p.depends_on for p in model.plan.parts],
+        job = Job(f"{model.name}{JOB_SEPARATOR}{sequence}", [p.depends_on for p in model.plan.parts],
                   payload=_JobData(model, feeds, future), on_done=self._job_done)
         shapes = {n: tuple(v.shape) for n, v in feeds.items()}
         request_footprint = footprint(shapes)  # the request's input shapes key the history, as in calibrate
@@ -313,9 +386,9 @@ class _RecordingOracle(HistoryOracle):
             self.recorded.record(HistoryKey(task.stage, worker.arch, task.footprint), duration_s)
 
 
-def _check_batchable(model: onnx.ModelProto, name: str) -> None:
-    """Batching concatenates requests along axis 0, so each row's answer must not depend on the
-    other rows (a batch-wide reduction feeding an If, a trip count from the batch size...).
+def rows_independent(model: onnx.ModelProto) -> bool:
+    """Whether each row's answer is independent of the other rows of its batch, so requests may be
+    batched together (a batch-wide reduction feeding an If, a trip count from the batch size... are not).
 
     Probed, not proved: for a few random pairs of requests, the joint run must equal the two
     separate runs, row for row.
@@ -330,19 +403,11 @@ def _check_batchable(model: onnx.ModelProto, name: str) -> None:
             rows = [part[output] for part in apart]
             if value.ndim == 0 or any(r.ndim == 0 for r in rows) or not (
                     value.shape[0] == 3 and np.allclose(value, np.concatenate(rows), rtol=1e-4, atol=1e-5)):
-                raise UsageError(f"model {name!r}: output {output!r} of a batch differs from its requests "
-                                 "run one by one (rows depend on each other), so requests cannot be "
-                                 "batched together; load it with max_batch=1")
+                return False
+    return True
 
 
-def _input_specs(model: onnx.ModelProto) -> list[InputSpec]:
-    initializers = {t.name for t in model.graph.initializer}
-    specs = []
-    for value in model.graph.input:
-        if value.name in initializers:
-            continue
-        tensor = value.type.tensor_type
-        dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim)
-        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type))
-        specs.append(InputSpec(value.name, dtype, dims))
-    return specs
+def _input_spec(value: onnx.ValueInfoProto) -> InputSpec:
+    tensor = value.type.tensor_type
+    dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim)
+    return InputSpec(value.name, np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type)), dims)

@@ -1,0 +1,186 @@
+"""Per-request overhead of the daemon over the in-process API, on a tiny model, one request at a time.
+
+Side by side in one run, rounds interleaved so the machine's noise hits every
+path alike: plain ONNX Runtime ``session.run`` (the floor), ``Model.infer`` in
+process (hetsched's runtime), and a `hetsched serve` child process driven by
+``tritonclient`` over gRPC and over HTTP (binary tensors).  Reports the median
+and p99 latency of each path and the daemon's overhead over the in-process API
+(difference of medians), and a no-op call over each protocol (health) as the floor
+that the protocol stack and ``tritonclient`` cost before any inference; writes bench/results/daemon_overhead.json and its
+section of bench/RESULTS.md.
+
+    PYTHONPATH=. python bench/daemon_overhead.py [--requests 2000] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper
+from results_md import write_section
+
+import hetsched
+from hetsched.daemon.process import DaemonProcess
+from hetsched.progress import ProgressBar
+
+HERE = Path(__file__).parent
+WIDTH = 16
+
+
+def tiny_model() -> onnx.ModelProto:
+    """Two small MatMuls with a ReLU between: microseconds of compute, so overhead dominates."""
+    rng = np.random.default_rng(0)
+    weights = [
+        helper.make_tensor(
+            f"w{i}", TensorProto.FLOAT, [WIDTH, WIDTH], rng.standard_normal(WIDTH * WIDTH).astype(np.float32)
+        )
+        for i in range(2)
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w0"], ["h"]),
+        helper.make_node("Relu", ["h"], ["r"]),
+        helper.make_node("MatMul", ["r", "w1"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", WIDTH])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", WIDTH])],
+        weights,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def timed(call: Callable[[], Any], requests: int, warmup: int) -> list[float]:
+    for _ in range(warmup):
+        call()
+    samples = []
+    for _ in range(requests):
+        start = time.perf_counter()
+        call()
+        samples.append(time.perf_counter() - start)
+    return samples
+
+
+def summary(samples: list[float]) -> dict[str, float]:
+    ordered = sorted(samples)
+    return {
+        "median_us": statistics.median(ordered) * 1e6,
+        "p99_us": ordered[int(0.99 * (len(ordered) - 1))] * 1e6,
+        "requests": len(ordered),
+    }
+
+
+def run(requests: int, rounds: int) -> dict[str, Any]:
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+
+    model = tiny_model()
+    x = np.random.default_rng(1).standard_normal((1, WIDTH)).astype(np.float32)
+    with tempfile.TemporaryDirectory() as scratch:
+        repository = Path(scratch) / "repository"
+        (repository / "tiny" / "1").mkdir(parents=True)
+        onnx.save_model(model, str(repository / "tiny" / "1" / "model.onnx"))
+        (repository / "tiny" / "config.pbtxt").write_text("max_batch_size: 0\n")  # no batcher: one hop less
+        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        runtime = hetsched.Runtime(perfmodel_dir=Path(scratch) / "perfmodels")
+        loaded = runtime.load(model, name="tiny")
+        loaded.warm_up(32)
+        daemon = DaemonProcess(repository, perfmodel_dir=Path(scratch) / "perfmodels-daemon")
+        grpc = grpcclient.InferenceServerClient(daemon.grpc)
+        http = httpclient.InferenceServerClient(daemon.http)
+        grpc_input = grpcclient.InferInput("x", list(x.shape), "FP32")
+        grpc_input.set_data_from_numpy(x)
+        http_input = httpclient.InferInput("x", list(x.shape), "FP32")
+        http_input.set_data_from_numpy(x, binary_data=True)
+        paths: dict[str, Callable[[], Any]] = {
+            "onnxruntime": lambda: session.run(None, {"x": x}),
+            "in-process": lambda: loaded.infer({"x": x}),
+            "daemon gRPC": lambda: grpc.infer("tiny", [grpc_input]),
+            "daemon HTTP": lambda: http.infer("tiny", [http_input]),
+            "gRPC no-op (ServerLive)": grpc.is_server_live,  # the protocol's floor, no inference
+            "HTTP no-op (health/live)": http.is_server_live,
+        }
+        samples: dict[str, list[float]] = {name: [] for name in paths}
+        bar = ProgressBar("daemon overhead")
+        try:
+            for round_ in range(rounds):
+                for index, (name, call) in enumerate(paths.items()):
+                    samples[name] += timed(call, requests, warmup=requests // 10)
+                    bar(round_ * len(paths) + index + 1, rounds * len(paths))
+        finally:
+            grpc.close()
+            http.close()
+            code = daemon.stop()
+            runtime.close()
+        if code != 0:
+            raise RuntimeError(f"the daemon exited with {code}:\n{daemon.text()[-2000:]}")
+    results = {name: summary(values) for name, values in samples.items()}
+    base = results["in-process"]["median_us"]
+    for name in ("daemon gRPC", "daemon HTTP"):
+        results[name]["overhead_median_us"] = results[name]["median_us"] - base
+    return results
+
+
+def report(results: dict[str, Any], args: argparse.Namespace) -> str:
+    lines = [
+        "## Daemon overhead (bench/daemon_overhead.py)",
+        "",
+        f"`PYTHONPATH=. python bench/daemon_overhead.py --requests {args.requests} --rounds {args.rounds}`"
+        " on "
+        f"{platform.node()} ({os.cpu_count()} cores, {platform.processor() or platform.machine()}), "
+        f"{date.today().isoformat()}. A {WIDTH}x{WIDTH} two-MatMul model, batch 1, one request at a time, "
+        f"{args.rounds} interleaved rounds of {args.requests} requests per path; `tritonclient` "
+        f"{_version('tritonclient')} against `hetsched serve` on loopback (no dynamic batcher).",
+        "",
+        "| path | median µs | p99 µs | overhead over in-process (median) µs |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, row in results.items():
+        overhead = f"{row['overhead_median_us']:.0f}" if "overhead_median_us" in row else ""
+        lines.append(f"| {name} | {row['median_us']:.0f} | {row['p99_us']:.0f} | {overhead} |")
+    grpc = results["daemon gRPC"]["overhead_median_us"]
+    lines += [
+        "",
+        f"Target: daemon overhead ≤ 500 µs median over gRPC: {'met' if grpc <= 500 else 'NOT met'} "
+        f"({grpc:.0f} µs).",
+    ]
+    return "\n".join(lines)
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import version
+
+    return version(package)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    results = run(args.requests, args.rounds)
+    (HERE / "results").mkdir(exist_ok=True)
+    (HERE / "results" / "daemon_overhead.json").write_text(json.dumps(results, indent=2) + "\n")
+    text = report(results, args)
+    print(text)
+    write_section(text, HERE / "RESULTS.md", "daemon_overhead")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
