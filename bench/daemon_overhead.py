@@ -5,9 +5,9 @@ path alike: plain ONNX Runtime ``session.run`` (the floor), ``Model.infer`` in
 process (hetsched's runtime), and a `hetsched serve` child process driven by
 ``tritonclient`` over gRPC and over HTTP (binary tensors).  Reports the median
 and p99 latency of each path and the daemon's overhead over the in-process API
-(difference of medians), and a no-op call over each protocol (health) as the floor
-that the protocol stack and ``tritonclient`` cost before any inference; writes bench/results/daemon_overhead.json and its
-section of bench/RESULTS.md.
+(difference of medians), and a no-op call over each protocol (health) as the
+floor that the protocol stack and ``tritonclient`` cost before any inference;
+writes bench/results/daemon_overhead.json and its section of bench/RESULTS.md.
 
     PYTHONPATH=. python bench/daemon_overhead.py [--requests 2000] [--rounds 3]
 """

@@ -322,6 +322,7 @@ class InferenceService:
         runtime = self._runtime(settings.workers or self.workers, settings.policy or self.policy)
         self._generation += 1
         runtime_name = f"{name}/{version}#{self._generation}"
+        started = time.perf_counter()
         loaded = runtime.load(
             model,
             ratios=settings.ratios,
@@ -330,6 +331,16 @@ class InferenceService:
             max_batch=settings.max_batch,
             max_queue_delay_s=settings.max_queue_delay_s,
             max_queue=settings.max_queue,
+        )
+        shares = ", ".join(f"{p.cost_share:.0%}" for p in loaded.plan.parts)
+        log.info(
+            "model %r version %s: %d part(s) (cost shares %s), sessions on %d workers, %.1f s",
+            name,
+            version,
+            len(loaded.plan.parts),
+            shares,
+            len(runtime.specs),
+            time.perf_counter() - started,
         )
         try:
             if settings.warmup:
