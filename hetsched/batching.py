@@ -7,6 +7,12 @@ of waiting plus ``compute(N)``; the batch must also keep up with arrivals,
 latency among those that keep up (StarONNX §IV, §VI-B); the batcher flushes when
 that many rows wait, or when the oldest request has waited ``max_delay_s``.
 
+While every worker is busy (``has_capacity()`` is false) the batcher holds what
+arrives instead of queueing it behind the running work one request at a time: a
+worker that frees up then takes up to ``max_batch`` rows at once (Triton's
+dynamic batcher behaves the same way).  So at low load a request leaves at
+once, and under overload batches grow and throughput with them.
+
 Rows are never mixed: each request's rows are a contiguous slice of the batch,
 and the outputs are cut back at the same offsets.
 """
@@ -86,10 +92,15 @@ class DynamicBatcher:
 
     ``run_batch(feeds, rows)`` returns a future of the batch's outputs.  ``target(rate)``
     says how many rows to wait for (the batch-size chooser, or a constant).
+    ``has_capacity()`` says whether a batch launched now would start at once; the
+    runtime calls :meth:`poke` when that may have changed.
     """
 
+    RECHECK_S = 0.05  # a missed poke costs at most this much waiting
+
     def __init__(self, run_batch: Callable[[Arrays, int], Future[Arrays]], max_batch: int,
-                 max_delay_s: float, clock: Clock, target: Callable[[float], int] | None = None) -> None:
+                 max_delay_s: float, clock: Clock, target: Callable[[float], int] | None = None,
+                 has_capacity: Callable[[], bool] | None = None) -> None:
         if max_batch < 1 or max_delay_s < 0:
             raise ValueError(f"max_batch must be >= 1 and max_delay_s >= 0, got {max_batch}, {max_delay_s}")
         self.run_batch = run_batch
@@ -97,6 +108,7 @@ class DynamicBatcher:
         self.max_delay_s = max_delay_s
         self.clock = clock
         self.target = target or (lambda rate: max_batch)
+        self.has_capacity = has_capacity or (lambda: True)
         self.rate = ArrivalRate(clock)
         self._queue: list[_Pending] = []
         self._rows = 0
@@ -117,6 +129,11 @@ class DynamicBatcher:
             self._cond.notify()
         return future
 
+    def poke(self) -> None:
+        """Capacity may have freed up (a batch finished): look again."""
+        with self._cond:
+            self._cond.notify()
+
     def close(self) -> None:
         """Flush what waits, then stop."""
         with self._cond:
@@ -130,6 +147,8 @@ class DynamicBatcher:
                 self._cond.wait_for(lambda: self._queue or self._closed)
                 if not self._queue and self._closed:
                     return
+                while not self._closed and self._rows < self.max_batch and not self.has_capacity():
+                    self._cond.wait(self.RECHECK_S)  # every worker busy: let the batch grow
                 want = max(1, min(self.max_batch, self.target(self.rate.per_s)))
                 deadline = self._queue[0].arrived_s + self.max_delay_s
                 while self._rows < want and not self._closed:

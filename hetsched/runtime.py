@@ -213,6 +213,9 @@ class Runtime:
                                    instruments=[*instruments, *([self.tracer] if self.tracer else [])])
         self.executor.report = self.scheduler.task_done
         self.models: dict[str, Model] = {}
+        # how many jobs can run at once: one per core (narrow workers), or per worker without cores
+        cores = {core for spec in self.specs for core in spec.cores}
+        self._slots = len(cores | {spec.name for spec in self.specs if not spec.cores})
         self._sequence = itertools.count()
         # id(job) -> (its future, its model): what close() drains and unload() waits for
         self._in_flight: dict[int, tuple[Future[dict[str, np.ndarray]], Model]] = {}
@@ -270,7 +273,8 @@ class Runtime:
                                  "together; load it with max_batch=1")
             loaded.batcher = DynamicBatcher(
                 lambda feeds, rows: self._submit(loaded, feeds, rows), max_batch, max_queue_delay_s,
-                self.scheduler.clock, target=lambda rate: choose_batch(rate, loaded.predicted_s, max_batch))
+                self.scheduler.clock, target=lambda rate: choose_batch(rate, loaded.predicted_s, max_batch),
+                has_capacity=self._has_capacity)
         self.models[name] = loaded
         return loaded
 
@@ -311,6 +315,10 @@ class Runtime:
             raise
         return future
 
+    def _has_capacity(self) -> bool:
+        """Whether a job submitted now would find a worker slot free (jobs in flight < cores in use)."""
+        return len(self._in_flight) < self._slots
+
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeClosedError("this runtime is closed; no new requests are accepted")
@@ -343,6 +351,9 @@ class Runtime:
             with self._idle:
                 self._in_flight.pop(id(job), None)
                 self._idle.notify_all()
+            for model in list(self.models.values()):  # a slot is free: waiting batches may go
+                if model.batcher is not None:
+                    model.batcher.poke()
 
     def close(self, timeout: float = CLOSE_TIMEOUT_S) -> None:
         """Stop accepting requests, finish those in flight, stop the workers, save what was learned."""

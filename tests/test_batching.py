@@ -53,3 +53,39 @@ def test_batched_answers_equal_unbatched_onnxruntime() -> None:
 def test_a_model_whose_outputs_ignore_the_batch_cannot_be_batched() -> None:
     with Runtime(policy="eager") as runtime, pytest.raises(UsageError, match="max_batch=1"):
         runtime.load(zoo.build("control-flow"), max_batch=4)
+
+
+def test_requests_wait_while_every_worker_is_busy_then_leave_as_one_batch() -> None:
+    """Like Triton's dynamic batcher: no capacity, no launch; a worker freeing up takes them all."""
+    import threading
+    from concurrent.futures import Future
+
+    from hetsched.batching import DynamicBatcher
+    from hetsched.clock import MonotonicClock
+
+    launched: list[int] = []
+    capacity = threading.Event()
+    asked = threading.Event()
+
+    def has_capacity() -> bool:
+        asked.set()
+        return capacity.is_set()
+
+    def run_batch(feeds, rows):
+        launched.append(rows)
+        done: Future = Future()
+        done.set_result({"y": feeds["x"] * 2})
+        return done
+
+    batcher = DynamicBatcher(run_batch, max_batch=8, max_delay_s=0.0, clock=MonotonicClock(),
+                             has_capacity=has_capacity)
+    futures = [batcher.submit({"x": np.full((1, 2), i, np.float32)}, 1) for i in range(3)]
+    assert asked.wait(30)
+    assert launched == []  # held: no worker could take it
+    capacity.set()
+    batcher.poke()
+    answers = [f.result(timeout=30)["y"] for f in futures]
+    batcher.close()
+    assert launched == [3]
+    for i, answer in enumerate(answers):
+        np.testing.assert_array_equal(answer, np.full((1, 2), 2 * i, np.float32))

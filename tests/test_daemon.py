@@ -487,33 +487,33 @@ def test_sigterm_drains_in_flight_requests_and_uploads_survive_a_restart(tmp_pat
     repository = tmp_path / "repository"
     repository.mkdir()
     add_zoo_model(repository, "resnet", "resnet18", config="max_batch_size: 0\n")
-    first = DaemonProcess(repository, perfmodel_dir=tmp_path / "perfmodels")
-    model = zoo.build("multi-io")
-    with grpcclient.InferenceServerClient(first.grpc) as client:
-        client.load_model(
-            "uploaded",
-            config=json.dumps({"name": "uploaded"}),
-            files={"file:1/model.onnx": model.SerializeToString()},
-        )
-        feeds = [random_feeds(zoo.build("resnet18"), 1, seed=s) for s in range(12)]
-        outcomes: list[Future] = [Future() for _ in feeds]
-        first_answer = threading.Event()
-
-        def answered(result, error, outcome) -> None:
-            outcome.set_result((result, error))
-            first_answer.set()
-
-        for request, outcome in zip(feeds, outcomes):
-            client.async_infer(
-                "resnet",
-                grpc_inputs(request),
-                lambda result, error, outcome=outcome: answered(result, error, outcome),
+    with DaemonProcess(repository, perfmodel_dir=tmp_path / "perfmodels") as first:  # stopped even on failure
+        model = zoo.build("multi-io")
+        with grpcclient.InferenceServerClient(first.grpc) as client:
+            client.load_model(
+                "uploaded",
+                config=json.dumps({"name": "uploaded"}),
+                files={"file:1/model.onnx": model.SerializeToString()},
             )
-        assert first_answer.wait(120)
-        first.process.send_signal(signal.SIGTERM)  # the other requests are in flight
-        answers = [outcome.result(timeout=120) for outcome in outcomes]
-    assert first.stop() == 0
-    assert "stopping" in first.text() and "stopped" in first.text()
+            feeds = [random_feeds(zoo.build("resnet18"), 1, seed=s) for s in range(12)]
+            outcomes: list[Future] = [Future() for _ in feeds]
+            first_answer = threading.Event()
+
+            def answered(result, error, outcome) -> None:
+                outcome.set_result((result, error))
+                first_answer.set()
+
+            for request, outcome in zip(feeds, outcomes):
+                client.async_infer(
+                    "resnet",
+                    grpc_inputs(request),
+                    lambda result, error, outcome=outcome: answered(result, error, outcome),
+                )
+            assert first_answer.wait(120)
+            first.process.send_signal(signal.SIGTERM)  # the other requests are in flight
+            answers = [outcome.result(timeout=120) for outcome in outcomes]
+        assert first.stop() == 0
+        assert "stopping" in first.text() and "stopped" in first.text()
     path = repository / "resnet" / "1" / "model.onnx"
     for request, (result, error) in zip(feeds, answers):
         assert error is None, error
