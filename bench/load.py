@@ -46,12 +46,18 @@ class LoadResult:
     duration_s: float
     sent: int
     completed: int
-    achieved_rate: float  # answers per second of the run
+    achieved_rate: float  # answers per second, from the start to the last answer (or the schedule's end)
     p50_ms: float
     p90_ms: float
     p99_ms: float
     mean_ms: float
     errors: dict[str, int] = field(default_factory=dict)
+    schedule_s: float = 0.0  # open loop: how long requests were being sent
+
+    @property
+    def sent_rate(self) -> float:
+        """The rate the schedule really sent (Poisson counts vary around the offered rate)."""
+        return self.sent / self.schedule_s if self.schedule_s else 0.0
 
     def line(self) -> str:
         load = f"{self.offered_rate:g} req/s" if self.mode == "open" else f"{self.concurrency} clients"
@@ -140,6 +146,7 @@ def open_loop(
     errors: Counter[str] = Counter()
     lock = threading.Lock()
     done = threading.Semaphore(0)
+    last_answer = [0.0]
     request = target.request()
     client = target.client() if target.protocol == "grpc" else None
     pool = ThreadPoolExecutor(64) if target.protocol == "http" else None  # HTTP has no callbacks
@@ -147,6 +154,7 @@ def open_loop(
     def finished(scheduled: float, error: Any) -> None:
         now = time.perf_counter()
         with lock:
+            last_answer[0] = max(last_answer[0], now)
             if error is None:
                 latencies.append(now - scheduled)
             else:
@@ -168,10 +176,12 @@ def open_loop(
     answered = 0
     while answered < len(schedule) and done.acquire(timeout=max(0.0, deadline - time.perf_counter())):
         answered += 1
-    end = time.perf_counter()
     with lock:
         errors["timeout"] += len(schedule) - answered
-        result = _summary("open", target.protocol, rate, 0, end - start, len(schedule), latencies, errors)
+        # a run that keeps up answers its last request about when the schedule ends; a backlog later
+        elapsed = max(duration_s, last_answer[0] - start)
+        result = _summary("open", target.protocol, rate, 0, elapsed, len(schedule), latencies, errors)
+        result.schedule_s = duration_s
     if pool is not None:
         pool.shutdown(wait=False, cancel_futures=True)
     if client is not None:

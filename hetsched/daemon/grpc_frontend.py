@@ -243,13 +243,20 @@ def build_server(
     version: str,
     max_message_bytes: int,
     admin: AdminSecret | None = None,
-    threads: int = 32,
+    max_calls: int = 1024,
 ) -> grpc.Server:
     """The synchronous server: on this 2-core machine a no-op call through it takes ~520 µs against
-    ~730 µs through grpc.aio (bench/daemon_overhead.py's note), and an inference is one thread hop
-    each way, like the HTTP side's event loop."""
+    ~730 µs through grpc.aio, and an inference is one thread hop each way.
+
+    A call holds a thread while its request waits, so the pool has one thread per call
+    allowed (``max_calls``, created as needed and mostly asleep): the models' own bounded
+    queues (``hetsched.max_queue``) then answer UNAVAILABLE, instead of calls piling up
+    unbounded in the pool's queue; past ``max_calls`` gRPC itself refuses with
+    RESOURCE_EXHAUSTED.
+    """
     server = grpc.server(
-        futures.ThreadPoolExecutor(threads, thread_name_prefix="hetsched-grpc"),
+        futures.ThreadPoolExecutor(max_calls, thread_name_prefix="hetsched-grpc"),
+        maximum_concurrent_rpcs=max_calls,
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", -1),

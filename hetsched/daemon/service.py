@@ -343,14 +343,19 @@ class InferenceService:
             time.perf_counter() - started,
         )
         try:
-            if settings.warmup:
-                sent = loaded.warm_up(settings.warmup)
+            # every batch size the batcher may form, in powers of two (the batch regression fills in
+            # between): under load the scheduler then knows batches' costs instead of exploring them
+            sizes = sorted({1 << k for k in range(settings.max_batch.bit_length())} | {settings.max_batch})
+            for batch in sizes if settings.warmup else []:
+                sent = loaded.warm_up(settings.warmup, batch)
+                calibrated = "every worker" if loaded.calibrated(batch) else "some workers (the rest live)"
                 log.info(
-                    "model %r version %s: %d warm-up requests calibrated %s",
+                    "model %r version %s: batch %d, %d warm-up requests calibrated %s",
                     name,
                     version,
+                    batch,
                     sent,
-                    "every worker" if loaded.calibrated(1) else "some workers (the rest calibrate live)",
+                    calibrated,
                 )
         except UsageError as exc:  # e.g. a symbolic dimension random requests cannot size
             log.warning("model %r: no warm-up (%s)", name, exc)

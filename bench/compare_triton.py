@@ -1,0 +1,318 @@
+"""hetsched against a real Triton, side by side in one run: the same model file, the same client
+(``tritonclient``), the same open-loop Poisson load, swept from light load to past saturation.
+
+For each zoo model: measure the machine's limit (one ONNX Runtime thread per
+core, each at its best batch size: the sum of per-core isolated throughputs),
+then for each server configuration start the server, warm it up, and offer
+Poisson load at fractions of that limit.  Triton runs the ONNX file through its
+Python backend with ONNX Runtime (its native ONNX Runtime backend is not on
+PyPI; see bench/triton_server.py) in the static configurations a Triton user
+picks from — one instance with every core (latency), one instance per core
+(throughput), the same with its dynamic batcher — and hetsched runs as
+``hetsched serve`` does by default, which adapts between the two.
+
+Writes bench/results/compare_triton.json, bench/results/compare_triton_<model>.png
+(p99 latency against achieved throughput per configuration, and the best of
+each server), and its section of bench/RESULTS.md.
+
+    PYTHONPATH=. python bench/compare_triton.py [--models googlenet,resnet50,vit-tiny] [--duration 6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from load import LoadResult, Target, closed_loop, open_loop
+from results_md import write_section
+
+from hetsched import zoo
+from hetsched.daemon.process import DaemonProcess
+from partitioner.feeds import random_feeds
+
+HERE = Path(__file__).parent
+FRACTIONS = (0.1, 0.3, 0.5, 0.7, 0.85, 1.0, 1.15)
+
+
+@dataclass(frozen=True)
+class ServerSetup:
+    """One server configuration of the sweep."""
+
+    server: str  # "hetsched" or "triton"
+    label: str
+    config_pbtxt: str = ""  # hetsched: the model's config.pbtxt
+    triton: Any = None  # triton: a TritonConfig
+
+
+def setups(cores: int) -> list[ServerSetup]:
+    from triton_server import TritonConfig
+
+    made = [
+        ServerSetup("hetsched", "hetsched (default)"),
+        ServerSetup("hetsched", "hetsched b1", "max_batch_size: 0\n"),
+    ]
+    for config in (
+        TritonConfig(instances=1, threads=cores),
+        TritonConfig(instances=cores, threads=1),
+        TritonConfig(instances=cores, threads=1, max_batch_size=8, max_queue_delay_us=2000),
+    ):
+        made.append(ServerSetup("triton", config.label(), triton=config))
+    return made
+
+
+def machine_limit(
+    model: onnx.ModelProto, cores: int, batches: tuple[int, ...] = (1, 2, 4, 8)
+) -> dict[str, Any]:
+    """Rows/s of one single-threaded ONNX Runtime session on one core at its best batch, times the cores."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    mask = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(mask)})
+    try:
+        per_batch = {}
+        for batch in batches:
+            feeds = random_feeds(model, batch)
+            session.run(None, feeds)
+            runs, start = 0, time.perf_counter()
+            while time.perf_counter() - start < 1.0 or runs < 3:
+                session.run(None, feeds)
+                runs += 1
+            per_batch[batch] = batch * runs / (time.perf_counter() - start)
+    finally:
+        os.sched_setaffinity(0, mask)
+    best = max(per_batch, key=per_batch.__getitem__)
+    return {"rows_per_s_per_core": per_batch, "best_batch": best, "limit_rows_per_s": per_batch[best] * cores}
+
+
+def sweep(url: str, name: str, rates: list[float], duration_s: float) -> list[LoadResult]:
+    target = Target(url, name)
+    closed_loop(target, 2, min(3.0, duration_s))  # warm-up: sessions, caches, the scheduler's history
+    results = []
+    for rate in rates:
+        result = open_loop(target, rate, duration_s, "poisson", drain_s=max(10.0, duration_s))
+        print(f"    {result.line()}", flush=True)
+        results.append(result)
+        if result.achieved_rate < 0.5 * rate and rate > rates[0]:  # far past saturation: stop wasting time
+            break
+    return results
+
+
+def run_setup(
+    setup: ServerSetup, name: str, model_path: Path, rates: list[float], duration_s: float, scratch: Path
+) -> list[LoadResult]:
+    print(f"  {setup.label}", flush=True)
+    if setup.server == "hetsched":
+        repository = scratch / f"repo-{len(list(scratch.iterdir()))}"
+        (repository / name / "1").mkdir(parents=True)
+        (repository / name / "1" / "model.onnx").symlink_to(model_path)
+        if setup.config_pbtxt:
+            (repository / name / "config.pbtxt").write_text(setup.config_pbtxt)
+        with DaemonProcess(repository, perfmodel_dir=scratch / "perfmodels") as daemon:
+            return sweep(f"grpc://{daemon.grpc}", name, rates, duration_s)
+    from triton_server import TritonServer
+
+    server = TritonServer({name: model_path}, setup.triton, workdir=scratch / f"triton-{time.time_ns()}")
+    try:
+        return sweep(f"grpc://{server.grpc}", name, rates, duration_s)
+    finally:
+        server.stop()
+
+
+def sustained(results: list[LoadResult]) -> float:
+    """The highest offered rate kept up with: every request answered, no errors, and answers at 95% or
+    more of the rate the Poisson schedule really sent (a growing backlog answers later, so slower)."""
+    kept = [
+        r.offered_rate
+        for r in results
+        if not r.errors and r.completed == r.sent and r.achieved_rate >= 0.95 * r.sent_rate
+    ]
+    return max(kept, default=0.0)
+
+
+def summarize(model: str, limit: dict[str, Any], runs: dict[str, list[LoadResult]]) -> dict[str, Any]:
+    triton = {label: rs for label, rs in runs.items() if label.startswith("triton")}
+    ours = {label: rs for label, rs in runs.items() if label.startswith("hetsched")}
+    best_triton = max((sustained(rs) for rs in triton.values()), default=0.0)
+    best_ours = max((sustained(rs) for rs in ours.values()), default=0.0)
+    p99_wins, p99_points = 0, 0
+    for result in runs.get("hetsched (default)", []):
+        rivals = [
+            r.p99_ms
+            for rs in triton.values()
+            for r in rs
+            if r.offered_rate == result.offered_rate and not r.errors
+        ]
+        if rivals and not result.errors:
+            p99_points += 1
+            p99_wins += result.p99_ms <= min(rivals)
+    return {
+        "model": model,
+        "limit": limit,
+        "sustained_req_per_s": {k: sustained(v) for k, v in runs.items()},
+        "best_triton_sustained": best_triton,
+        "best_hetsched_sustained": best_ours,
+        "hetsched_default_p99_at_or_below_best_triton": f"{p99_wins}/{p99_points}",
+    }
+
+
+def plot(model: str, runs: dict[str, list[LoadResult]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (every, best) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for label, results in runs.items():
+        ok = [r for r in results if not r.errors]
+        style = "-o" if label.startswith("hetsched") else "--s"
+        every.plot([r.achieved_rate for r in ok], [r.p99_ms for r in ok], style, label=label, markersize=4)
+    for server, style in (("hetsched", "-o"), ("triton", "--s")):
+        rates = sorted({r.offered_rate for label, rs in runs.items() if label.startswith(server) for r in rs})
+        points = []
+        for rate in rates:
+            candidates = [
+                r
+                for label, rs in runs.items()
+                if label.startswith(server)
+                for r in rs
+                if r.offered_rate == rate and not r.errors
+            ]
+            if candidates:
+                chosen = min(candidates, key=lambda r: r.p99_ms)
+                points.append((chosen.achieved_rate, chosen.p99_ms))
+        if points:
+            best.plot(*zip(*points), style, label=f"best {server} config at each rate", markersize=4)
+    for axis, title in ((every, f"{model}: every configuration"), (best, f"{model}: best of each server")):
+        axis.set_xlabel("achieved throughput (req/s)")
+        axis.set_ylabel("p99 latency (ms)")
+        axis.set_yscale("log")
+        axis.set_title(title)
+        axis.grid(True, which="both", alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def report(
+    summaries: list[dict[str, Any]], runs: dict[str, dict[str, list[LoadResult]]], args: argparse.Namespace
+) -> str:
+    lines = [
+        "## hetsched vs Triton (bench/compare_triton.py)",
+        "",
+        f"`PYTHONPATH=. python bench/compare_triton.py --models {args.models} --duration {args.duration}` on "
+        f"{platform.node()} ({os.cpu_count()} cores, no GPU), {date.today().isoformat()}. Triton 2.51 from "
+        "`nvidia-pytriton` 0.7.0 runs the same ONNX file through its Python backend with ONNX Runtime (its "
+        "ONNX Runtime backend is not on PyPI); hetsched is `hetsched serve` with its defaults. Same client "
+        "(`tritonclient` gRPC), open-loop Poisson arrivals, batch-1 requests, "
+        f"{args.duration:g} s per point; client and server share the machine's cores.",
+        "",
+    ]
+    for summary in summaries:
+        model = summary["model"]
+        limit = summary["limit"]
+        lines += [
+            f"### {model}",
+            "",
+            f"Machine limit: {limit['limit_rows_per_s']:.0f} rows/s (one ORT thread per core at batch "
+            f"{limit['best_batch']}). Sustained (≥95% answered, no errors): hetsched best "
+            f"{summary['best_hetsched_sustained']:.0f} req/s, Triton best "
+            f"{summary['best_triton_sustained']:.0f} req/s; hetsched's default p99 at or below the "
+            f"best Triton p99 at {summary['hetsched_default_p99_at_or_below_best_triton']} offered "
+            f"rates. Plot: `bench/results/compare_triton_{model}.png`.",
+            "",
+        ]
+        model_runs = runs[model]
+        rates = sorted({r.offered_rate for rs in model_runs.values() for r in rs})
+        lines.append("| offered req/s | " + " | ".join(model_runs) + " |")
+        lines.append("|---:|" + "---:|" * len(model_runs))
+        for rate in rates:
+            cells = []
+            for results in model_runs.values():
+                found = next((r for r in results if r.offered_rate == rate), None)
+                if found is None:
+                    cells.append("")
+                else:
+                    mark = f" ({sum(found.errors.values())} err)" if found.errors else ""
+                    cells.append(f"{found.achieved_rate:.0f} req/s, p99 {found.p99_ms:.1f} ms{mark}")
+            lines.append(f"| {rate:.0f} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="googlenet,resnet50,vit-tiny")
+    parser.add_argument("--duration", type=float, default=6.0, help="seconds per load point (default 6)")
+    parser.add_argument(
+        "--fractions",
+        default=",".join(map(str, FRACTIONS)),
+        help="offered rates as fractions of the machine limit",
+    )
+    args = parser.parse_args()
+    from triton_server import triton_available
+
+    missing = triton_available()
+    if missing:
+        print(f"Triton is not available here: {missing}; install the bench extra: pip install '.[bench]'")
+        return 2
+    cores = len(os.sched_getaffinity(0))
+    fractions = [float(f) for f in args.fractions.split(",")]
+    summaries, all_runs = [], {}
+    with tempfile.TemporaryDirectory() as scratch_dir:
+        scratch = Path(scratch_dir)
+        for name in args.models.split(","):
+            model = zoo.build(name)
+            model_path = scratch / f"{name}.onnx"
+            onnx.save_model(model, str(model_path))
+            limit = machine_limit(model, cores)
+            rates = [max(1.0, round(f * limit["limit_rows_per_s"], 1)) for f in fractions]
+            print(f"{name}: machine limit {limit['limit_rows_per_s']:.0f} rows/s; rates {rates}", flush=True)
+            runs = {
+                s.label: run_setup(s, name, model_path, rates, args.duration, scratch) for s in setups(cores)
+            }
+            all_runs[name] = runs
+            summaries.append(summarize(name, limit, runs))
+            (HERE / "results").mkdir(exist_ok=True)
+            plot(name, runs, HERE / "results" / f"compare_triton_{name}.png")
+    document = {
+        "summaries": summaries,
+        "runs": {
+            m: {label: [asdict(r) for r in rs] for label, rs in runs.items()} for m, runs in all_runs.items()
+        },
+    }
+    (HERE / "results" / "compare_triton.json").write_text(
+        json.dumps(document, indent=2, default=_jsonable) + "\n"
+    )
+    text = report(summaries, all_runs, args)
+    print(text)
+    write_section(text, HERE / "RESULTS.md", "compare_triton")
+    return 0
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    raise TypeError(f"{type(value)} is not JSON serializable")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
