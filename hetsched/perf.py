@@ -23,10 +23,12 @@ from perfmodels.transfer import BusModel
 class HistoryOracle:
     """Predictions from a :class:`HistoryModel` and a :class:`BusModel`; records every run."""
 
+    REFIT_CHANGE = 0.02  # refit a regression when a batch's mean moved by more than this fraction
+
     def __init__(self, history: HistoryModel, bus: BusModel | None = None) -> None:
         self.history = history
         self.bus = bus or BusModel()
-        self._fits: dict[tuple[str, str], tuple[tuple[tuple[int, float], ...], BatchFit | None]] = {}
+        self._fits: dict[tuple[str, str], tuple[dict[int, float], BatchFit | None]] = {}
         self._lock = threading.Lock()
 
     def predict(self, task: Task, worker: WorkerSpec) -> float:
@@ -40,11 +42,11 @@ class HistoryOracle:
         points = [(b, mean_s) for b, mean_s, _ in self.history.batch_points(stage, arch)]
         if len({b for b, _ in points}) < 2:
             return math.nan
-        key = tuple(points)
-        with self._lock:  # refit only when the points (batches or their means) changed
+        means = dict(points)
+        with self._lock:
             cached = self._fits.get((stage, arch))
-            if cached is None or cached[0] != key:
-                cached = (key, fit_batch_model(points))
+            if cached is None or _moved(cached[0], means, self.REFIT_CHANGE):
+                cached = (means, fit_batch_model(points))
                 self._fits[(stage, arch)] = cached
         fit = cached[1]
         return fit.predict(batch) if fit is not None else math.nan
@@ -63,6 +65,14 @@ class HistoryOracle:
     def record(self, task: Task, worker: WorkerSpec, duration_s: float) -> None:
         if duration_s > 0 and math.isfinite(duration_s):
             self.history.record(HistoryKey(task.stage, worker.arch, task.footprint), duration_s)
+
+
+def _moved(fitted: dict[int, float], now: dict[int, float], tolerance: float) -> bool:
+    """Whether the batches differ, or a mean moved past ``tolerance``: every recorded sample nudges a
+    mean, and refitting on each one (milliseconds) would cost more than the prediction is worth."""
+    if fitted.keys() != now.keys():
+        return True
+    return any(abs(now[b] - fitted[b]) > tolerance * fitted[b] for b in now)
 
 
 class TableOracle:

@@ -32,8 +32,8 @@ import numpy as np
 
 __all__ = ["BatchFit", "fit_batch_model"]
 
-_EXPONENT_LO, _EXPONENT_HI, _EXPONENT_STEP = 0.2, 2.5, 0.01
-_GOLDEN_ITERATIONS = 48
+_EXPONENT_LO, _EXPONENT_HI, _EXPONENT_STEP = 0.2, 2.5, 0.05  # golden-section refines between steps
+_GOLDEN_ITERATIONS = 30  # brackets one grid step: 0.1 * 0.618**30 < 1e-7
 _POWER_MUST_BEAT = 0.9  # power's rel_rmse must be below this share of linear's
 _RMSE_FLOOR = 1e-9  # relative errors below this are float noise, not a better fit
 
