@@ -9,7 +9,10 @@ and p99 latency of each path and the daemon's overhead over the in-process API
 floor that the protocol stack and ``tritonclient`` cost before any inference;
 writes bench/results/daemon_overhead.json and its section of bench/RESULTS.md.
 
-    PYTHONPATH=. python bench/daemon_overhead.py [--requests 2000] [--rounds 3]
+    PYTHONPATH=.:bench python bench/daemon_overhead.py [--requests 2000] [--rounds 3]
+
+With the bench extra installed, a real Triton (bench/triton_server.py: its Python
+backend running ONNX Runtime on the same file) is measured the same way beside it.
 """
 
 from __future__ import annotations
@@ -115,6 +118,14 @@ def run(requests: int, rounds: int) -> dict[str, Any]:
             "gRPC no-op (ServerLive)": grpc.is_server_live,  # the protocol's floor, no inference
             "HTTP no-op (health/live)": http.is_server_live,
         }
+        triton, triton_clients = _start_triton(
+            Path(scratch), model_path=repository / "tiny" / "1" / "model.onnx"
+        )
+        if triton is not None:  # Triton's own overhead, same client, same model (its Python backend)
+            t_grpc, t_http = triton_clients
+            paths["Triton gRPC"] = lambda: t_grpc.infer("tiny", [grpc_input])
+            paths["Triton HTTP"] = lambda: t_http.infer("tiny", [http_input])
+            paths["Triton gRPC no-op"] = t_grpc.is_server_live
         samples: dict[str, list[float]] = {name: [] for name in paths}
         bar = ProgressBar("daemon overhead")
         try:
@@ -127,25 +138,51 @@ def run(requests: int, rounds: int) -> dict[str, Any]:
             http.close()
             code = daemon.stop()
             runtime.close()
+            if triton is not None:
+                for client in triton_clients:
+                    client.close()  # an open HTTP client holds Triton's shutdown for 30 s
+                triton.stop()
         if code != 0:
             raise RuntimeError(f"the daemon exited with {code}:\n{daemon.text()[-2000:]}")
     results = {name: summary(values) for name, values in samples.items()}
     base = results["in-process"]["median_us"]
-    for name in ("daemon gRPC", "daemon HTTP"):
-        results[name]["overhead_median_us"] = results[name]["median_us"] - base
+    for name in ("daemon gRPC", "daemon HTTP", "Triton gRPC", "Triton HTTP"):
+        if name in results:
+            results[name]["overhead_median_us"] = results[name]["median_us"] - base
     return results
+
+
+def _start_triton(scratch: Path, model_path: Path) -> tuple[Any, tuple[Any, Any]]:
+    """A real Triton serving the same file (1 instance, 1 thread, no batching), or None without one."""
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+    from triton_server import TritonConfig, TritonServer, triton_available
+
+    missing = triton_available()
+    if missing:
+        print(f"no Triton row: {missing}", file=sys.stderr)
+        return None, (None, None)
+    server = TritonServer(
+        {"tiny": model_path}, TritonConfig(instances=1, threads=1), workdir=scratch / "triton"
+    )
+    return server, (
+        grpcclient.InferenceServerClient(server.grpc),
+        httpclient.InferenceServerClient(server.http),
+    )
 
 
 def report(results: dict[str, Any], args: argparse.Namespace) -> str:
     lines = [
         "## Daemon overhead (bench/daemon_overhead.py)",
         "",
-        f"`PYTHONPATH=. python bench/daemon_overhead.py --requests {args.requests} --rounds {args.rounds}`"
-        " on "
+        "`PYTHONPATH=.:bench python bench/daemon_overhead.py "
+        f"--requests {args.requests} --rounds {args.rounds}` on "
         f"{platform.node()} ({os.cpu_count()} cores, {platform.processor() or platform.machine()}), "
         f"{date.today().isoformat()}. A {WIDTH}x{WIDTH} two-MatMul model, batch 1, one request at a time, "
         f"{args.rounds} interleaved rounds of {args.requests} requests per path; `tritonclient` "
-        f"{_version('tritonclient')} against `hetsched serve` on loopback (no dynamic batcher).",
+        f"{_version('tritonclient')} against `hetsched serve` on loopback (no dynamic batcher) and, when "
+        "installed, a real Triton 2.51 (`nvidia-pytriton`; its Python backend running ONNX Runtime on the "
+        "same file, 1 instance, 1 thread). Both servers share the 2 cores with the client.",
         "",
         "| path | median µs | p99 µs | overhead over in-process (median) µs |",
         "|---|---:|---:|---:|",
