@@ -17,9 +17,11 @@ Wide and narrow workers share cores.  Greedy completion times alone would send
 every task to the wide worker whenever it is faster per task, even under load
 (a narrow worker must wait for the wide one's reservation of its core too), so
 the queue would grow while half the cores' throughput is lost.  Hence a wide
-worker is a candidate only while its cores are expected to be idle: at low load
-a request gets every core, under load the narrow workers keep every core busy
-(StarPU's combined workers, with the mode chosen per task).
+worker is a candidate only while no task waits for its cores (at most the running
+ones are ahead of it): at low load a request gets every core — also when it
+arrives while another runs, since a narrow worker would have to wait for that one
+too and then run slower — and once a backlog forms the narrow workers keep every
+core busy (StarPU's combined workers, with the mode chosen per task).
 
 Expected free times are kept per core
 (a worker is free when all its cores are), and every assignment reserves its
@@ -76,10 +78,10 @@ class Dmda(Policy):
 
     def _candidates(self, workers: list[WorkerSpec], predicted: dict[str, float], now: float
                     ) -> list[WorkerSpec]:
-        """Eligible workers; a wide one only while its cores are expected idle, unless it is
+        """Eligible workers; a wide one only while no task waits for its cores, unless it is
         about as efficient as its narrow workers together (then it never loses throughput)."""
         keep = [w for w in workers
-                if w.name not in self._wide or self._idle(w, now) or self._efficient(w, workers, predicted)]
+                if w.name not in self._wide or self._unqueued(w) or self._efficient(w, workers, predicted)]
         return keep or workers
 
     def _efficient(self, wide: WorkerSpec, workers: list[WorkerSpec], predicted: dict[str, float]) -> bool:
@@ -95,11 +97,9 @@ class Dmda(Policy):
         running = bool(self._busy.intersection(self._slots(worker)))
         return len(self._queues.get(worker.name, ())) + int(running)
 
-    def _idle(self, worker: WorkerSpec, now: float) -> bool:
-        """Nothing runs or waits on the worker's cores, and none is expected to."""
-        slots = self._slots(worker)
-        return (not any(self._reservations.get(slot) for slot in slots)
-                and not self._busy.intersection(slots) and self._expected_free_s(worker, now) <= now)
+    def _unqueued(self, worker: WorkerSpec) -> bool:
+        """No task waits for the worker's cores (tasks may be running on them)."""
+        return not any(self._reservations.get(slot) for slot in self._slots(worker))
 
     def _expected_free_s(self, worker: WorkerSpec, now: float) -> float:
         return max([now] + [self._free_s.get(slot, now) for slot in self._slots(worker)])
