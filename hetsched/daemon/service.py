@@ -11,10 +11,11 @@ swapped in one assignment, so requests never see a half-loaded model.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,13 +108,11 @@ class InferenceService:
         workers: str = "auto",
         policy: str = "dmda",
         perfmodel_dir: str | None = None,
-        runtime_factory: Callable[..., Runtime] = Runtime,
     ) -> None:
         self.repository = repository
         self.workers = workers
         self.policy = policy
         self.perfmodel_dir = perfmodel_dir
-        self.runtime_factory = runtime_factory
         self.task_stats = TaskStats()
         self.runtimes: dict[tuple[str, str], Runtime] = {}
         self.served: dict[str, dict[str, ServedModel]] = {}  # name -> version -> model; replaced, not edited
@@ -121,7 +120,7 @@ class InferenceService:
         self.ready = False  # set once the repository's models were loaded at start
         self._load_locks: dict[str, threading.Lock] = {}
         self._table_lock = threading.Lock()
-        self._generation = 0
+        self._generations = itertools.count(1)  # runtime model names stay unique across reloads
         self._closed = False
 
     # -- models -----------------------------------------------------------------------------------
@@ -320,8 +319,7 @@ class InferenceService:
         )
         settings = configs.settings(completed)
         runtime = self._runtime(settings.workers or self.workers, settings.policy or self.policy)
-        self._generation += 1
-        runtime_name = f"{name}/{version}#{self._generation}"
+        runtime_name = f"{name}/{version}#{next(self._generations)}"
         started = time.perf_counter()
         loaded = runtime.load(
             model,
@@ -387,7 +385,7 @@ class InferenceService:
                     policy,
                     sorted(self.runtimes),
                 )
-            self.runtimes[key] = self.runtime_factory(
+            self.runtimes[key] = Runtime(
                 workers=workers,
                 policy=policy,
                 perfmodel_dir=self.perfmodel_dir,
