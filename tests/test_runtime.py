@@ -194,4 +194,5 @@ def test_what_a_runtime_learned_is_saved_to_the_store(tmp_path: Path) -> None:
             model.infer(feeds, timeout=30)
     history = PerfModelStore(tmp_path).load_history()
     assert {k.stage for k in history.keys()} == set(model.stages)
-    assert sum(history.stats(k).count for k in history.keys()) == 24  # 12 requests x 2 parts
+    seen = sum(history.stats(k).count + history.stats(k).rejected for k in history.keys())
+    assert seen == 24  # 12 requests x 2 parts; a slow first run may be kept apart as an outlier
