@@ -16,43 +16,25 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from tritonclient.utils import np_to_triton_dtype, triton_to_np_dtype
 
 from hetsched.errors import InvalidInputError
 
-# wire datatype -> numpy dtype (BYTES: object arrays of bytes)
-_DTYPES: dict[str, np.dtype[Any]] = {
-    "BOOL": np.dtype(np.bool_),
-    "UINT8": np.dtype(np.uint8),
-    "UINT16": np.dtype(np.uint16),
-    "UINT32": np.dtype(np.uint32),
-    "UINT64": np.dtype(np.uint64),
-    "INT8": np.dtype(np.int8),
-    "INT16": np.dtype(np.int16),
-    "INT32": np.dtype(np.int32),
-    "INT64": np.dtype(np.int64),
-    "FP16": np.dtype(np.float16),
-    "FP32": np.dtype(np.float32),
-    "FP64": np.dtype(np.float64),
-    "BYTES": np.dtype(np.object_),
-}
-_NAMES = {dtype: name for name, dtype in _DTYPES.items()}
-
 
 def wire_datatype(dtype: np.dtype[Any]) -> str:
-    """The protocol's name of a numpy dtype (strings and bytes are ``BYTES``)."""
-    if dtype.kind in "OSU":
-        return "BYTES"
-    try:
-        return _NAMES[np.dtype(dtype)]
-    except KeyError:
-        raise InvalidInputError(f"dtype {dtype} has no KServe v2 datatype") from None
+    """The protocol's name of a numpy dtype (strings and bytes are ``BYTES``), by tritonclient's table."""
+    name = "BYTES" if dtype.kind in "OSU" else np_to_triton_dtype(np.dtype(dtype))
+    if name is None:
+        raise InvalidInputError(f"dtype {dtype} has no KServe v2 datatype")
+    return str(name)
 
 
 def numpy_dtype(datatype: str) -> np.dtype[Any]:
-    try:
-        return _DTYPES[datatype]
-    except KeyError:
-        raise InvalidInputError(f"unknown datatype {datatype!r}; one of {sorted(_DTYPES)}") from None
+    """The numpy dtype of a protocol datatype (BYTES: object arrays of bytes), by tritonclient's table."""
+    dtype = triton_to_np_dtype(datatype) if isinstance(datatype, str) else None
+    if dtype is None:
+        raise InvalidInputError(f"unknown datatype {datatype!r}; use FP32, INT64, BYTES... (KServe v2 names)")
+    return np.dtype(dtype)
 
 
 def config_datatype(datatype: str) -> str:
