@@ -84,7 +84,7 @@ async def _serve(options: ServeOptions) -> int:
 
     loading = loop.run_in_executor(None, service.load_repository)
     await stop.wait()
-    log.info("stopping: no new requests; finishing those in flight")
+    log.info("stopping: no new requests; finishing the %d in flight", service.pending())
     # both refuse new calls at once, then wait for those running
     grpc_stopped = grpc_server.stop(DRAIN_TIMEOUT_S)
     await http_runner.cleanup()

@@ -215,6 +215,10 @@ class InferenceService:
                 )
         return [e for e in entries if e["state"] == "READY"] if ready_only else entries
 
+    def pending(self) -> int:
+        """Requests accepted and not answered yet, over every served model."""
+        return sum(m.model.pending for versions in self.served.values() for m in versions.values())
+
     def statistics(self, name: str = "", version: str = "") -> list[dict[str, Any]]:
         if not name:
             return [
