@@ -169,7 +169,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return serve(ServeOptions(
         model_repository=args.model_repository, host=args.host, http_port=args.http_port,
         grpc_port=args.grpc_port, metrics_port=args.metrics_port, workers=args.workers, policy=args.policy,
-        perfmodel_dir=args.perfmodel_dir, max_body_bytes=args.max_body_bytes, admin_header=args.admin_header))
+        perfmodel_dir=args.perfmodel_dir, max_body_bytes=args.max_body_bytes, admin_header=args.admin_header,
+        dask_scheduler=args.dask_scheduler))
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
@@ -191,6 +192,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                        help="largest request body or gRPC message (default 1 GiB); larger: HTTP 413")
     serve.add_argument("--admin-header", metavar="NAME=VALUE", default=None,
                        help="require this header on model load and unload requests")
+    serve.add_argument("--dask-scheduler", metavar="ADDRESS", default=None,
+                       help="run the models on this Dask cluster's workers (e.g. tcp://host:8786) instead "
+                       "of this machine's cores; needs hetsched installed on every worker")
     serve.set_defaults(run=_cmd_serve)
 
 

@@ -18,6 +18,8 @@
     ├── OverloadedError              a model's queue is full: retry later (HTTP 503)
     ├── AccessDeniedError            a restricted request without the server's secret header (HTTP 403)
     ├── ServerError                  an error answered by a hetsched or Triton server (``.status``)
+    ├── WorkerLostError              a cluster worker left holding a request's data (it is resent)
+    ├── RemoteTaskError              a part raised on a cluster worker (the message is the remote one)
     └── InternalError                a broken invariant: a bug of ours
 
 The classes are defined in :mod:`partitioner.errors` (the lowest layer, so the
@@ -75,6 +77,15 @@ class ServerError(HetschedError):
         self.status = status
 
 
+class WorkerLostError(HetschedError):
+    """A cluster worker died or left while it ran, or held data of, a request: the runtime resends
+    the request to the remaining workers (a few times), then answers with this error."""
+
+
+class RemoteTaskError(HetschedError):
+    """A part raised on a cluster worker; the message carries the worker's error type and text."""
+
+
 __all__ = [
     "AccessDeniedError",
     "InvalidInputError",
@@ -83,6 +94,8 @@ __all__ = [
     "RuntimeClosedError",
     "ServerError",
     "TaskFailedError",
+    "WorkerLostError",
+    "RemoteTaskError",
     "BusFormatError",
     "CalibrationUnavailable",
     "CyclicPlanError",

@@ -37,25 +37,30 @@ from hetsched.errors import (
     RuntimeClosedError,
     TaskFailedError,
     UsageError,
+    WorkerLostError,
 )
 from hetsched.perf import HistoryOracle
+from hetsched.platform import Platform, StageModel, TaskIO
 from hetsched.policies import make_policy
 from hetsched.scheduler import Instrument, Scheduler
 from hetsched.task import Job, Task, WorkerSpec
 from hetsched.topology import cpu_workers, discover
 from hetsched.trace import TraceRecorder
-from hetsched.workers import StageModel, ThreadExecutor
+from hetsched.workers import ThreadExecutor
 from partitioner.feeds import random_feeds, random_values
 from partitioner.graph import build_graph
 from partitioner.partition import partition
 from partitioner.plan import PartitionPlan
 from perfmodels.history import HistoryKey, HistoryModel, footprint, stage_id
 from perfmodels.store import PerfModelStore
+from perfmodels.transfer import BusModel
 
 log = logging.getLogger(__name__)
 
 Inputs = Mapping[str, np.ndarray]
 CLOSE_TIMEOUT_S = 60.0
+MAX_REQUEST_ATTEMPTS = 3  # a request whose worker died is resent at most this often in all
+CLIENT_MEMORY = "host:0"  # where a request's inputs and answers live
 JOB_SEPARATOR = "#"  # a job is named <model name>#<sequence number>
 
 
@@ -77,16 +82,23 @@ class Model:
     """A loaded model: validated requests in, futures of output dictionaries out."""
 
     def __init__(self, runtime: Runtime, name: str, plan: PartitionPlan, stages: list[str],
-                 input_values: list[onnx.ValueInfoProto], max_queue: int | None = None) -> None:
+                 input_values: list[onnx.ValueInfoProto], max_queue: int | None = None,
+                 pin: Mapping[int, frozenset[str]] | None = None) -> None:
         self.runtime = runtime
         self.name = name
         self.plan = plan
         self.stages = stages
         self.input_values = input_values  # the model's true inputs, as declared
+        # per part: outputs other parts read (kept where they are made) and the model's outputs
+        consumed = {name for part in plan.parts for name in part.inputs}
+        self.part_io = [(tuple(part.inputs), tuple(part.outputs),
+                         tuple(n for n in part.outputs if n in consumed),
+                         tuple(n for n in part.outputs if n in plan.model_outputs)) for part in plan.parts]
         self.inputs = [_input_spec(value) for value in input_values]
         self.batcher: DynamicBatcher | None = None
         self.unloaded = False
         self.max_queue = max_queue
+        self.pin = dict(pin or {})  # part -> the only workers that may run it
         self._pending = 0  # accepted and not answered yet, bounded by max_queue
         self._pending_lock = threading.Lock()
 
@@ -144,7 +156,12 @@ class Model:
         tasks = [Task(stage, part.index, probe, footprint(shapes), batch)
                  for stage, part in zip(self.stages, self.plan.parts)]
         return all(math.isfinite(self.runtime.oracle.predict(task, worker))
-                   for task in tasks for worker in self.runtime.specs)
+                   for task in tasks for worker in self.runtime.specs if self.may_run(task.part, worker))
+
+    def may_run(self, part: int, worker: WorkerSpec) -> bool:
+        """Whether ``worker`` may run ``part`` (every worker may, unless the part is pinned)."""
+        allowed = self.pin.get(part)
+        return allowed is None or worker.name in allowed
 
     def predicted_s(self, batch: int) -> float:
         """Predicted seconds of one batch: its parts one after another, each on its fastest kind
@@ -154,7 +171,8 @@ class Model:
         total = 0.0
         for stage, part in zip(self.stages, self.plan.parts):
             task = Task(stage, part.index, probe, footprint(shapes), batch)
-            predictions = [self.runtime.oracle.predict(task, w) for w in self.runtime.specs]
+            predictions = [self.runtime.oracle.predict(task, w) for w in self.runtime.specs
+                           if self.may_run(part.index, w)]
             total += min((p for p in predictions if math.isfinite(p)), default=math.nan)
         return total
 
@@ -197,31 +215,57 @@ class Runtime:
 
     def __init__(self, workers: str = "auto", policy: str = "dmda", narrow: bool = True,
                  perfmodel_dir: str | os.PathLike[str] | None = None, trace: bool = False,
-                 instruments: Sequence[Instrument] = ()) -> None:
-        self.specs: list[WorkerSpec] = cpu_workers(discover(), workers, narrow)
+                 instruments: Sequence[Instrument] = (), cluster: Any = None) -> None:
+        """``cluster``: a ``distributed.Client`` or a Dask scheduler address; then the workers are the
+        cluster's (a hetsched host on each Dask worker) instead of this machine's core groups."""
+        self.executor: Platform
+        if cluster is not None:
+            from hetsched.cluster.executor import DaskExecutor
+
+            self.executor = DaskExecutor(cluster, self._task_io)
+        else:
+            self.executor = ThreadExecutor(cpu_workers(discover(), workers, narrow), self._run_task)
         self.store = PerfModelStore(perfmodel_dir) if perfmodel_dir is not None else None
         history = self.store.load_history() if self.store else HistoryModel()
         self._recorded = HistoryModel(min_samples=history.min_samples)  # what this run learned
         # Samples are kept apart only when there is a store to merge them into (a second lock per task).
-        self.oracle = _RecordingOracle(history, self._recorded) if self.store else HistoryOracle(history)
-        self.executor = ThreadExecutor(self._run_task)
-        for spec in self.specs:
-            self.executor.add(spec)
+        self.oracle = (_RecordingOracle(history, self._recorded, self.executor.bus) if self.store
+                       else HistoryOracle(history, self.executor.bus))
         self.tracer = TraceRecorder() if trace else None
-        self.scheduler = Scheduler(make_policy(policy), self.specs, clock=MonotonicClock(),
-                                   executor=self.executor, perf=self.oracle,
+        self.scheduler = Scheduler(make_policy(policy), list(self.executor.specs), clock=MonotonicClock(),
+                                   executor=self.executor, perf=self.oracle, can_run=_may_run,
                                    instruments=[*instruments, *([self.tracer] if self.tracer else [])])
         self.executor.report = self.scheduler.task_done
+        self.executor.on_join = self._joined
+        self.executor.on_leave = self._left
         self.models: dict[str, Model] = {}
-        # how many jobs can run at once: one per core (narrow workers), or per worker without cores
-        cores = {core for spec in self.specs for core in spec.cores}
-        self._slots = len(cores | {spec.name for spec in self.specs if not spec.cores})
+        self._slots = self._count_slots()
         self._sequence = itertools.count()
         # id(job) -> (its future, its model): what close() drains and unload() waits for
         self._in_flight: dict[int, tuple[Future[dict[str, np.ndarray]], Model]] = {}
         self._idle = threading.Condition()
         self._closed = False
         log.info("runtime: policy %s, workers %s", policy, [w.name for w in self.specs])
+
+    @property
+    def specs(self) -> list[WorkerSpec]:
+        """The workers scheduled now (on a cluster they come and go)."""
+        return list(self.scheduler.workers)
+
+    def _count_slots(self) -> int:
+        """How many jobs can run at once: one per core (narrow workers), or per worker without cores."""
+        cores = {core for spec in self.specs for core in spec.cores}
+        return len(cores | {spec.name for spec in self.specs if not spec.cores})
+
+    def _joined(self, spec: WorkerSpec) -> None:
+        self.scheduler.add_worker(spec)
+        self._slots = self._count_slots()
+        log.info("worker %s joined (%s)", spec.name, spec.arch)
+
+    def _left(self, spec: WorkerSpec) -> None:
+        self.scheduler.remove_worker(spec.name)
+        self._slots = self._count_slots()
+        log.warning("worker %s left; its queued tasks are placed on the others", spec.name)
 
     def __enter__(self) -> Runtime:
         return self
@@ -232,7 +276,7 @@ class Runtime:
     def load(self, model: str | os.PathLike[str] | bytes | onnx.ModelProto,
              ratios: Sequence[float] = (1.0,), name: str | None = None, profile: bool = False,
              batch: int = 1, max_batch: int = 1, max_queue_delay_s: float = 0.002,
-             max_queue: int | None = None) -> Model:
+             max_queue: int | None = None, pin: Mapping[int, Sequence[str]] | None = None) -> Model:
         """Partition ``model`` by ``ratios`` and create every part's session on every worker now.
 
         ``max_batch`` > 1 turns on dynamic batching: requests wait at most
@@ -240,6 +284,8 @@ class Runtime:
         observed arrival rate (``batch`` is the size tensor bytes are weighed at).
         ``max_queue`` bounds the requests accepted and not yet answered: past it,
         ``submit`` raises OverloadedError at once instead of growing memory.
+        ``pin`` maps a part's index to the names of the only workers that may run it (say, part 0
+        on one cluster node and part 1 on another); unpinned parts go wherever the policy says.
         """
         if max_queue is not None and max_queue < 1:
             raise UsageError(f"max_queue must be at least 1, got {max_queue}")
@@ -258,14 +304,14 @@ class Runtime:
             costs = profile_nodes(graph)
             graph = graph.with_costs(costs.seconds, costs.arch, costs.method)
         result = partition(graph, list(ratios), source_label=str(model) if isinstance(model, str) else name)
+        pins = self._check_pin(pin or {}, len(result.parts))
         blobs = [part.model.SerializeToString() for part in result.parts]
         stages = [stage_id(blob) for blob in blobs]
         stage_models = [StageModel(s, b, p.inputs, p.outputs) for s, b, p in zip(stages, blobs, result.parts)]
-        for future in [w.load(stage_models) for w in self.executor.workers.values()]:
-            future.result()
+        self.executor.load(stage_models)
         initializers = {t.name for t in graph.model.graph.initializer}
         input_values = [v for v in graph.model.graph.input if v.name not in initializers]
-        loaded = Model(self, name, result.plan, stages, input_values, max_queue)
+        loaded = Model(self, name, result.plan, stages, input_values, max_queue, pins)
         if max_batch > 1:
             if not rows_independent(graph.model):
                 raise UsageError(f"model {name!r}: the outputs of a batch differ from its requests run "
@@ -277,6 +323,17 @@ class Runtime:
                 has_capacity=self._has_capacity)
         self.models[name] = loaded
         return loaded
+
+    def _check_pin(self, pin: Mapping[int, Sequence[str]], parts: int) -> dict[int, frozenset[str]]:
+        names = {spec.name for spec in self.specs}
+        for part, workers in pin.items():
+            if not 0 <= part < parts:
+                raise UsageError(f"pin names part {part}, but the plan has parts 0..{parts - 1}")
+            unknown = sorted(set(workers) - names)
+            if unknown or not workers:
+                raise UsageError(f"pin of part {part}: unknown workers {unknown or 'none given'}; "
+                                 f"the workers are {sorted(names)}")
+        return {part: frozenset(workers) for part, workers in pin.items()}
 
     def unload(self, name: str) -> None:
         model = self.models.pop(name, None)
@@ -290,30 +347,35 @@ class Runtime:
                                 CLOSE_TIMEOUT_S)
         still_used = {stage for other in self.models.values() for stage in other.stages}
         unused = [stage for stage in model.stages if stage not in still_used]  # a model loaded twice shares
-        for worker in self.executor.workers.values():
-            worker.unload(unused)
+        self.executor.unload(unused)
 
     def _submit(self, model: Model, feeds: dict[str, np.ndarray], batch: int
                 ) -> Future[dict[str, np.ndarray]]:
         future: Future[dict[str, np.ndarray]] = Future()
+        self._start_job(_JobData(model, feeds, batch, future, dict(feeds)))
+        return future
+
+    def _start_job(self, data: _JobData) -> None:
+        """One job of the request in ``data`` (a resent request starts a new one)."""
+        model, feeds = data.model, data.feeds
         sequence = next(self._sequence)
+        data.attempts += 1
         job = Job(f"{model.name}{JOB_SEPARATOR}{sequence}", [p.depends_on for p in model.plan.parts],
-                  payload=_JobData(model, feeds, future), on_done=self._job_done)
-        shapes = {n: tuple(v.shape) for n, v in feeds.items()}
-        request_footprint = footprint(shapes)  # the request's input shapes key the history, as in calibrate
-        job.tasks = [Task(stage, part.index, job, request_footprint, batch, priority=-sequence,
-                          input_nodes={n: {"host:0"} for n in part.inputs})
+                  payload=data, on_done=self._job_done)
+        request_footprint = footprint({n: tuple(v.shape) for n, v in feeds.items()})  # keys the history
+        job.tasks = [Task(stage, part.index, job, request_footprint, data.batch, priority=-sequence,
+                          input_nodes={n: {CLIENT_MEMORY} if n in feeds else set() for n in part.inputs},
+                          input_bytes={n: feeds[n].nbytes for n in part.inputs if n in feeds})
                      for stage, part in zip(model.stages, model.plan.parts)]
         with self._idle:
             self._check_open()
-            self._in_flight[id(job)] = (future, model)
+            self._in_flight[id(job)] = (data.future, model)
         try:
             self.scheduler.submit(job)
         except BaseException:
             with self._idle:
                 self._in_flight.pop(id(job), None)
             raise
-        return future
 
     def _has_capacity(self) -> bool:
         """Whether a job submitted now would find a worker slot free (jobs in flight < cores in use)."""
@@ -328,11 +390,24 @@ class Runtime:
         """On a worker thread: run one part on the job's own tensors."""
         data: _JobData = task.job.payload
         part = data.model.plan.parts[task.part]
-        outputs = session.run(list(part.outputs), {n: data.values[n] for n in part.inputs})
-        data.values.update(zip(part.outputs, outputs))
+        outputs = dict(zip(part.outputs, session.run(list(part.outputs),
+                                                     {n: data.values[n] for n in part.inputs})))
+        data.values.update(outputs)
+        assert task.worker is not None
+        task.job.place({n: v.nbytes for n, v in outputs.items()}, {task.worker.memory_node})
+
+    @staticmethod
+    def _task_io(task: Task) -> TaskIO:
+        """What a cluster worker must read, compute, keep and send back for ``task``."""
+        data: _JobData = task.job.payload
+        inputs, outputs, keep, reply = data.model.part_io[task.part]
+        return TaskIO(data.values, inputs, outputs, keep, reply)
 
     def _job_done(self, job: Job, error: BaseException | None) -> None:
         data: _JobData = job.payload
+        self.executor.release(job)
+        if isinstance(error, WorkerLostError) and self._resend(job, data, error):
+            return
         try:
             if not data.future.set_running_or_notify_cancel():
                 return  # the caller cancelled it while queued
@@ -354,6 +429,21 @@ class Runtime:
             for model in list(self.models.values()):  # a slot is free: waiting batches may go
                 if model.batcher is not None:
                     model.batcher.poke()
+
+    def _resend(self, job: Job, data: _JobData, error: WorkerLostError) -> bool:
+        """Run a request whose worker died again from its inputs, if attempts are left."""
+        if data.attempts >= MAX_REQUEST_ATTEMPTS or data.future.done() or self._closed:
+            return False
+        log.warning("%s: %s; resending the request (attempt %d of %d)", job.name, error,
+                    data.attempts + 1, MAX_REQUEST_ATTEMPTS)
+        with self._idle:
+            self._in_flight.pop(id(job), None)
+        data.values = dict(data.feeds)
+        try:
+            self._start_job(data)
+        except Exception:  # closed meanwhile, or no worker left: answer with the loss
+            return False
+        return True
 
     def close(self, timeout: float = CLOSE_TIMEOUT_S) -> None:
         """Stop accepting requests, finish those in flight, stop the workers, save what was learned."""
@@ -379,22 +469,33 @@ class Runtime:
 
 @dataclass
 class _JobData:
+    """One request: its inputs, its future, and the tensors of its current job (name -> value)."""
+
     model: Model
-    values: dict[str, np.ndarray]
+    feeds: dict[str, np.ndarray]
+    batch: int
     future: Future[dict[str, np.ndarray]]
+    values: dict[str, Any]  # arrays here, or references to tensors a cluster worker keeps
+    attempts: int = 0
 
 
 class _RecordingOracle(HistoryOracle):
     """Predicts from the full history; also keeps this run's samples apart, to merge into the store."""
 
-    def __init__(self, history: HistoryModel, recorded: HistoryModel) -> None:
-        super().__init__(history)
+    def __init__(self, history: HistoryModel, recorded: HistoryModel, bus: BusModel | None = None) -> None:
+        super().__init__(history, bus)
         self.recorded = recorded
 
     def record(self, task: Task, worker: WorkerSpec, duration_s: float) -> None:
         super().record(task, worker, duration_s)
         if duration_s > 0:
             self.recorded.record(HistoryKey(task.stage, worker.arch, task.footprint), duration_s)
+
+
+def _may_run(task: Task, worker: WorkerSpec) -> bool:
+    """The scheduler's filter: a pinned part runs only on its workers."""
+    data = task.job.payload
+    return data is None or data.model.may_run(task.part, worker)
 
 
 def rows_independent(model: onnx.ModelProto) -> bool:

@@ -148,6 +148,35 @@ class Scheduler:
             self._dispatch(finished)
         self._notify(finished)
 
+    def add_worker(self, worker: WorkerSpec) -> None:
+        """A worker that joined (a Dask worker started later): it takes tasks from now on."""
+        finished: list[Job] = []
+        with self._lock:
+            if any(w.name == worker.name for w in self.workers):
+                raise ValueError(f"a worker named {worker.name!r} is already scheduled")
+            self.workers.append(worker)  # the policy's context lists these same workers
+            self.policy.add_worker(worker)
+            self._dispatch(finished)
+        self._notify(finished)
+
+    def remove_worker(self, name: str) -> None:
+        """A worker that left: no task is placed on it again; those queued for it are placed anew.
+
+        A task running on it stays running until the executor reports its end (an error, when
+        the worker died)."""
+        finished: list[Job] = []
+        with self._lock:
+            worker = next((w for w in self.workers if w.name == name), None)
+            if worker is None:
+                return
+            self.workers.remove(worker)
+            now = self.clock.now()
+            for task in self.policy.remove_worker(worker):
+                task.worker, task.predicted_s = None, math.nan
+                self._make_ready(task, now, finished)
+            self._dispatch(finished)
+        self._notify(finished)
+
     def statistics(self) -> SchedulerStats:
         with self._lock:
             c = self._counts
@@ -170,7 +199,8 @@ class Scheduler:
 
     def _succeeded(self, task: Task, worker: WorkerSpec, now: float, finished: list[Job]) -> None:
         task.state = TaskState.DONE
-        duration = task.end_s - task.start_s
+        # A remote worker measures compute alone; end - start would add the network round trip.
+        duration = task.compute_s if math.isfinite(task.compute_s) else task.end_s - task.start_s
         self._counts["done"] += 1
         self._emit("end", task, worker, now)
         self.perf.record(task, worker, duration)

@@ -56,6 +56,7 @@ class Task:
         input_bytes: bytes of each input, for transfer estimates (name -> nbytes).
         input_nodes: memory nodes where each input has a copy now (name -> set of nodes).
         predicted_s / worker / times: filled by the scheduler and its policy.
+        compute_s: set by an executor whose worker timed the compute itself.
     """
 
     stage: str
@@ -75,6 +76,7 @@ class Task:
     start_s: float = math.nan
     end_s: float = math.nan
     failed_on: set[str] = field(default_factory=set)  # workers it failed on (for retries)
+    compute_s: float = math.nan  # compute time as the worker measured it (remote workers report one)
 
     def __repr__(self) -> str:
         return f"Task(#{self.id} {self.job.name} part {self.part} {self.state.value})"
@@ -96,3 +98,12 @@ class Job:
     error: BaseException | None = None
     failed_task: Task | None = None  # the task whose failure failed the job
     finished: bool = False
+
+    def place(self, tensors: dict[str, int], nodes: set[str]) -> None:
+        """Tensors (name -> bytes) now have copies on ``nodes``: what the transfer estimates of the
+        tasks consuming them read (executors call it when a task's outputs are stored)."""
+        for task in self.tasks:
+            for name, nbytes in tensors.items():
+                if name in task.input_nodes:
+                    task.input_nodes[name] = set(nodes)
+                    task.input_bytes[name] = nbytes

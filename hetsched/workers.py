@@ -21,10 +21,11 @@ import queue
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
 from typing import Any
 
-from hetsched.task import Task, WorkerSpec
+from hetsched.platform import Report, StageModel
+from hetsched.task import Job, Task, WorkerSpec
+from perfmodels.transfer import BusModel
 
 log = logging.getLogger(__name__)
 
@@ -38,16 +39,6 @@ def _thread_ids() -> set[int]:
         return {int(tid) for tid in os.listdir("/proc/self/task")}
     except OSError:
         return set()
-
-
-@dataclass(frozen=True)
-class StageModel:
-    """What a worker needs to build a session for one stage: serialized part model and its interface."""
-
-    stage: str
-    model_bytes: bytes
-    inputs: tuple[str, ...]
-    outputs: tuple[str, ...]
 
 
 def session_options(worker: WorkerSpec) -> Any:
@@ -167,17 +158,27 @@ class CpuWorker:
 
 
 class ThreadExecutor:
-    """The scheduler's executor over real worker threads (CPU today; CUDA streams plug in here)."""
+    """The platform of this machine's worker threads (CPU today; CUDA streams plug in here)."""
 
-    def __init__(self, run_task: Callable[[Task, Any], None]) -> None:
+    def __init__(self, specs: list[WorkerSpec], run_task: Callable[[Task, Any], None]) -> None:
         self._run_task = run_task
-        self.workers: dict[str, CpuWorker] = {}
-        self.report: Callable[[Task, BaseException | None], None] | None = None
+        self.specs = specs
+        self.workers = {spec.name: CpuWorker(spec, self._done, run_task) for spec in specs}
+        self.report: Report | None = None
+        self.on_join: Callable[[WorkerSpec], None] | None = None  # a machine's workers never change
+        self.on_leave: Callable[[WorkerSpec], None] | None = None
+        self.bus = BusModel()  # every worker reads host memory: nothing to move
 
-    def add(self, spec: WorkerSpec) -> CpuWorker:
-        worker = CpuWorker(spec, self._done, self._run_task)
-        self.workers[spec.name] = worker
-        return worker
+    def load(self, stages: list[StageModel]) -> None:
+        for future in [worker.load(stages) for worker in self.workers.values()]:
+            future.result()
+
+    def unload(self, stage_ids: list[str]) -> None:
+        for worker in self.workers.values():
+            worker.unload(stage_ids)
+
+    def release(self, job: Job) -> None:
+        """A job's tensors live in its own dictionary, which the runtime clears."""
 
     def _done(self, task: Task, error: BaseException | None) -> None:
         assert self.report is not None, "the runtime connects the executor to its scheduler"

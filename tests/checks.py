@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+from onnx import TensorProto, helper
 
 from hetsched.sequential import SequentialRunner, run_whole
 from partitioner.feeds import random_feeds
@@ -28,3 +29,17 @@ def assert_each_node_once(result: PartitionResult, node_names: list[str]) -> Non
     for part in result.parts:
         seen += [n.name for n in part.model.graph.node]
     assert sorted(seen) == sorted(node_names)
+
+
+def reshape_by_three() -> onnx.ModelProto:
+    """x [N, 4] -> Relu -> Reshape to [-1, 3] -> Neg: fails unless 4N is a multiple of 3."""
+    shape = helper.make_tensor("shape", TensorProto.INT64, [2], [-1, 3])
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"),
+             helper.make_node("Reshape", ["r", "shape"], ["s"], name="reshape"),
+             helper.make_node("Neg", ["s"], ["y"], name="neg")]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["M", 3])
+    graph = helper.make_graph(nodes, "fragile", [x], [y], [shape])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model

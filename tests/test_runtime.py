@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
 
 from hetsched import zoo
 from hetsched.errors import InvalidInputError, RuntimeClosedError, TaskFailedError, UsageError
@@ -23,6 +22,8 @@ from hetsched.scheduler import WorkerFault
 from hetsched.sequential import run_whole
 from partitioner.feeds import random_feeds
 from perfmodels.store import PerfModelStore
+
+from checks import reshape_by_three
 
 MODELS = {"lenet5": (0.5, 0.5), "multi-io": (0.75, 0.25), "control-flow": (0.4, 0.3, 0.3)}
 
@@ -56,20 +57,6 @@ def test_every_answer_equals_plain_onnxruntime(policy: str) -> None:
             list(pool.map(one, range(1000)))
         stats = runtime.scheduler.statistics()
     assert stats.finished_jobs == 1000 and stats.failed_jobs == 0
-
-
-def reshape_by_three() -> onnx.ModelProto:
-    """x [N, 4] -> Relu -> Reshape to [-1, 3] -> Neg: fails unless 4N is a multiple of 3."""
-    shape = helper.make_tensor("shape", TensorProto.INT64, [2], [-1, 3])
-    nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"),
-             helper.make_node("Reshape", ["r", "shape"], ["s"], name="reshape"),
-             helper.make_node("Neg", ["s"], ["y"], name="neg")]
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["M", 3])
-    graph = helper.make_graph(nodes, "fragile", [x], [y], [shape])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model
 
 
 def test_a_failing_part_fails_only_its_request() -> None:

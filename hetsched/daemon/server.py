@@ -40,6 +40,7 @@ class ServeOptions:
     perfmodel_dir: str | None = None
     max_body_bytes: int = 1 << 30
     admin_header: str | None = None
+    dask_scheduler: str | None = None  # serve on this Dask cluster's workers instead of local cores
 
 
 def serve(options: ServeOptions) -> int:
@@ -56,6 +57,7 @@ async def _serve(options: ServeOptions) -> int:
         options.workers,
         options.policy,
         options.perfmodel_dir or str(default_dir()),
+        cluster=options.dask_scheduler,
     )  # the history persists
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

@@ -108,8 +108,10 @@ class InferenceService:
         workers: str = "auto",
         policy: str = "dmda",
         perfmodel_dir: str | None = None,
+        cluster: str | None = None,
     ) -> None:
         self.repository = repository
+        self.cluster = cluster  # a Dask scheduler address: its workers run the models
         self.workers = workers
         self.policy = policy
         self.perfmodel_dir = perfmodel_dir
@@ -381,7 +383,7 @@ class InferenceService:
     def _runtime(self, workers: str, policy: str) -> Runtime:
         key = (workers, policy)
         if key not in self.runtimes:
-            if self.runtimes:
+            if self.runtimes and self.cluster is None:
                 log.warning(
                     "a second runtime (workers %s, policy %s) shares this machine's cores with %s; "
                     "their sessions may compete for cores",
@@ -394,6 +396,7 @@ class InferenceService:
                 policy=policy,
                 perfmodel_dir=self.perfmodel_dir,
                 instruments=[self.task_stats],
+                cluster=self.cluster,
             )
         return self.runtimes[key]
 

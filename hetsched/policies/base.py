@@ -13,6 +13,9 @@ own and must not block: it only decides.  Hooks:
 - ``on_done(task, worker, duration_s)``: after a task ran, successfully or not
   (the worker's cores are free again), or was popped and dropped.
 - ``discard(task)``: the task's request failed; forget the task if still held.
+- ``add_worker(worker)`` / ``remove_worker(worker)``: the platform changed (a Dask
+  worker joined or left); a leaving worker's queued tasks are handed back to be
+  placed anew.
 
 A policy learns about the platform through :class:`PolicyContext`: the workers,
 the clock, predicted compute and transfer times, and ``prefetch`` to start
@@ -79,6 +82,13 @@ class Policy(ABC):
     def discard(self, task: Task) -> bool:
         """Forget a ready task whose request failed; True if it was held (then it is never popped)."""
 
+    def add_worker(self, worker: WorkerSpec) -> None:
+        """``worker`` is in the context's workers from now on; default: nothing to index."""
+
+    def remove_worker(self, worker: WorkerSpec) -> list[Task]:
+        """``worker`` left the context's workers; return the tasks held for it (default: none)."""
+        return []
+
 
 class PerWorkerQueues(Policy):
     """Base of policies that keep one FIFO queue per worker (random, ws)."""
@@ -89,6 +99,9 @@ class PerWorkerQueues(Policy):
 
     def _queue(self, worker: WorkerSpec) -> deque[Task]:
         return self._queues.setdefault(worker.name, deque())
+
+    def remove_worker(self, worker: WorkerSpec) -> list[Task]:
+        return list(self._queues.pop(worker.name, ()))
 
     def discard(self, task: Task) -> bool:
         for queue in self._queues.values():

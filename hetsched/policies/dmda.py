@@ -65,16 +65,37 @@ class Dmda(Policy):
         self._narrow_of: dict[str, list[WorkerSpec]] = {}  # wide worker -> narrow ones on its cores
         self._busy: set[str] = set()  # slots of running tasks
 
+    @staticmethod
+    def _slots_of(worker: WorkerSpec) -> list[str]:
+        return [f"c{core}" for core in worker.cores] or [f"w:{worker.name}"]
+
     def _slots(self, worker: WorkerSpec) -> list[str]:
-        return self._slot_names[worker.name]
+        slots = self._slot_names.get(worker.name)  # a worker that left is no longer indexed
+        return slots if slots is not None else self._slots_of(worker)
 
     def attach(self, ctx: PolicyContext) -> None:
         super().attach(ctx)
-        # Fixed for the platform's life, so computed once, not on every push.
-        self._slot_names = {w.name: [f"c{core}" for core in w.cores] or [f"w:{w.name}"] for w in ctx.workers}
-        self._narrow_of = {w.name: [o for o in ctx.workers if o.cores and set(o.cores) < set(w.cores)]
-                           for w in ctx.workers}
+        self._index()
+
+    def _index(self) -> None:
+        """Slots and wide/narrow relations, computed when the workers change, not on every push."""
+        workers = self.context.workers
+        self._slot_names = {w.name: self._slots_of(w) for w in workers}
+        self._narrow_of = {w.name: [o for o in workers if o.cores and set(o.cores) < set(w.cores)]
+                           for w in workers}
         self._wide = {name for name, narrow in self._narrow_of.items() if narrow}
+
+    def add_worker(self, worker: WorkerSpec) -> None:
+        self._index()
+
+    def remove_worker(self, worker: WorkerSpec) -> list[Task]:
+        held = [task for _, task in self._queues.pop(worker.name, [])]
+        for slot in self._slots(worker):
+            reservations = self._reservations.get(slot, deque())
+            for entry in [e for e in reservations if e[1] == worker.name]:
+                reservations.remove(entry)
+        self._index()
+        return held
 
     def _candidates(self, workers: list[WorkerSpec], predicted: dict[str, float], now: float
                     ) -> list[WorkerSpec]:

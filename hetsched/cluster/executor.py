@@ -1,0 +1,356 @@
+"""The Dask platform: every Dask worker is a hetsched worker; tasks run on their hetsched hosts.
+
+``Runtime(cluster=client_or_address)`` builds a :class:`DaskExecutor`.  It
+installs :class:`~hetsched.cluster.host.HetschedHost` on every worker, measures
+the network (client <-> worker, worker <-> worker) into the bus model the dmda
+policy reads, ships each part model once per worker, and runs each task by one
+direct call to the chosen worker's host.  The request's inputs travel inline
+with the task; a part's outputs that later parts read stay on its worker and
+the next worker reads them from there (peer to peer); the model's outputs come
+back in the answer.
+
+Workers come and go: a watcher compares the scheduler's list of workers with
+ours every ``watch_interval_s``.  A new worker gets the loaded models and its
+links measured, then tasks.  A worker that left (or whose call failed) is taken
+out of scheduling at once; its running calls end with :class:`WorkerLostError`,
+and the runtime resends those requests from their inputs.  Every call is
+bounded by ``run_timeout_s``.
+
+Completions are reported from one thread of ours, never from Dask's event loop,
+so the scheduler and the callers' callbacks cannot stall Dask's communication.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from distributed import Client
+from distributed.protocol import to_serialize
+
+from hetsched.cluster.host import PLUGIN_NAME, HetschedHost
+from hetsched.cluster.network import calibrate_links, memory_node
+from hetsched.errors import RemoteTaskError, UsageError, WorkerLostError
+from hetsched.platform import Report, StageModel, TaskIO
+from hetsched.task import Job, Task, WorkerSpec
+from perfmodels.transfer import BusModel
+
+log = logging.getLogger(__name__)
+
+CLIENT_NODE = "host:0"
+RUN_TIMEOUT_S = 300.0
+WATCH_INTERVAL_S = 0.5
+SUSPECT_S = 10.0  # a worker whose call failed is not taken back before this, even if still listed
+LOAD_TIMEOUT_S = 300.0
+
+
+@dataclass(frozen=True)
+class Kept:
+    """A tensor kept on the worker at ``address`` (what a request's values hold instead of an array)."""
+
+    address: str
+    nbytes: int
+
+
+def worker_spec(address: str, nthreads: int) -> WorkerSpec:
+    host = address.split("://")[-1].rsplit(":", 1)[0]
+    # Workers on one host share a perf model kind: same hardware, same thread count.
+    return WorkerSpec(
+        f"dask@{address.split('://')[-1]}", f"cpu:{nthreads}t@{host}", memory_node(address), device="remote"
+    )
+
+
+class DaskExecutor:
+    """The scheduler's executor over the hetsched hosts of a Dask cluster (see the module text)."""
+
+    def __init__(
+        self,
+        cluster: Client | str,
+        task_io: Callable[[Task], TaskIO],
+        run_timeout_s: float = RUN_TIMEOUT_S,
+        watch_interval_s: float = WATCH_INTERVAL_S,
+    ) -> None:
+        self._owns_client = not isinstance(cluster, Client)
+        self.client = Client(cluster) if isinstance(cluster, str) else cluster
+        self._task_io = task_io
+        self.run_timeout_s = run_timeout_s
+        self.owner = uuid.uuid4().hex[:12]  # this runtime, on hosts other runtimes may share
+        self.bus = BusModel()
+        self.report: Report | None = None
+        self.on_join: Callable[[WorkerSpec], None] | None = None
+        self.on_leave: Callable[[WorkerSpec], None] | None = None
+        assert self.client.loop is not None, "a synchronous Client runs its own event loop"
+        self._loop = self.client.loop.asyncio_loop  # type: ignore[attr-defined]  # tornado's AsyncIOLoop
+        self._lock = threading.Lock()
+        self._workers: dict[str, WorkerSpec] = {}  # address -> spec, the workers scheduled now
+        self._suspects: dict[str, float] = {}  # address -> when its call failed
+        self._calls: dict[str, set[asyncio.Task[None]]] = {}  # address -> calls in flight there
+        self._stages: dict[str, StageModel] = {}  # every stage loaded, for workers that join
+        self._held: dict[int, set[str]] = {}  # id(job) -> addresses keeping some of its tensors
+        self._events: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._stopping = threading.Event()
+
+        self.client.register_plugin(HetschedHost(), name=PLUGIN_NAME)
+        listed = self._listed()
+        if not listed:
+            raise UsageError(
+                f"the Dask cluster at {self.address} has no workers; "
+                "start some (dask worker <scheduler address>) and try again"
+            )
+        self._sync(calibrate_links(self.client.rpc, self.bus, CLIENT_NODE, sorted(listed)))
+        for address, nthreads in sorted(listed.items()):
+            self._workers[address] = worker_spec(address, nthreads)
+        self.specs = list(self._workers.values())
+        self._reporter = threading.Thread(target=self._report_loop, name="hetsched-dask-reports", daemon=True)
+        self._reporter.start()
+        # Started by the first load, once the runtime has connected on_join / on_leave.
+        self._watcher = threading.Thread(
+            target=self._watch, args=(watch_interval_s,), name="hetsched-dask-watch", daemon=True
+        )
+        log.info("Dask cluster %s: %d workers", self.address, len(self._workers))
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    @property
+    def address(self) -> str:
+        """The Dask scheduler's address."""
+        return str(getattr(self.client.scheduler, "address", "?"))
+
+    def _sync(self, coroutine: Any, timeout: float = LOAD_TIMEOUT_S) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
+
+    def _listed(self) -> dict[str, int]:
+        """Workers the Dask scheduler lists now: address -> threads."""
+        info = self.client.scheduler_info(n_workers=-1)["workers"]
+        return {address: int(meta.get("nthreads", 1)) for address, meta in info.items()}
+
+    def _address(self, worker: WorkerSpec) -> str:
+        return worker.memory_node.partition(":")[2]
+
+    def _job_key(self, job: Job) -> str:
+        return f"{self.owner}/{job.name}"
+
+    # -- models ---------------------------------------------------------------------------------
+
+    def load(self, stages: list[StageModel]) -> None:
+        if not self._watcher.is_alive() and not self._stopping.is_set():
+            self._watcher.start()
+        with self._lock:
+            self._stages.update({stage.stage: stage for stage in stages})
+            addresses = list(self._workers)
+        self._sync(self._ship_all(addresses, stages))
+
+    async def _ship_all(self, addresses: list[str], stages: list[StageModel]) -> None:
+        await asyncio.gather(*(self._ship(address, stages) for address in addresses))
+
+    async def _ship(self, address: str, stages: list[StageModel]) -> None:
+        """Sessions for ``stages`` on one host; part models it lacks are sent (once per worker)."""
+        host = self.client.rpc(address)
+        ids = [stage.stage for stage in stages]
+        answer = await host.hetsched_load(owner=self.owner, stages=ids, models={})
+        if answer["status"] == "ok" and answer["missing"]:
+            blobs = {stage.stage: stage.model_bytes for stage in stages if stage.stage in answer["missing"]}
+            answer = await host.hetsched_load(owner=self.owner, stages=list(blobs), models=blobs)
+        if answer["status"] != "ok":
+            raise RemoteTaskError(f"creating sessions on {address} failed: {answer['error']}")
+
+    def unload(self, stage_ids: list[str]) -> None:
+        with self._lock:
+            for stage in stage_ids:
+                self._stages.pop(stage, None)
+            addresses = list(self._workers)
+
+        async def unload_all() -> None:
+            await asyncio.gather(
+                *(self.client.rpc(a).hetsched_unload(owner=self.owner, stages=stage_ids) for a in addresses),
+                return_exceptions=True,
+            )
+
+        self._sync(unload_all())
+
+    # -- tasks ----------------------------------------------------------------------------------
+
+    def prefetch(self, task: Task, worker: WorkerSpec) -> None:
+        """Inputs travel with the task or are read by the worker when it starts it (peer to peer)."""
+
+    def start(self, task: Task, worker: WorkerSpec) -> None:
+        address = self._address(worker)
+        with self._lock:
+            if address not in self._workers:
+                raise WorkerLostError(f"{worker.name} left the cluster before {task} started")
+        io = self._task_io(task)
+        inline: dict[str, Any] = {}
+        local: list[str] = []
+        fetch: dict[str, list[str]] = {}
+        for name in io.inputs:
+            value = io.values[name]
+            if not isinstance(value, Kept):
+                inline[name] = to_serialize(value)
+            elif value.address == address:
+                local.append(name)
+            else:
+                fetch.setdefault(value.address, []).append(name)
+        message = dict(
+            job=self._job_key(task.job),
+            stage=task.stage,
+            inputs=inline,
+            local=local,
+            fetch=fetch,
+            outputs=list(io.outputs),
+            keep=list(io.keep),
+            send_back=list(io.reply),
+        )
+        asyncio.run_coroutine_threadsafe(self._call(task, worker, address, io, message), self._loop)
+
+    async def _call(
+        self, task: Task, worker: WorkerSpec, address: str, io: TaskIO, message: dict[str, Any]
+    ) -> None:
+        call = asyncio.current_task()
+        assert call is not None
+        self._calls.setdefault(address, set()).add(call)  # only touched on the event loop
+        error: BaseException | None
+        try:
+            call_host = self.client.rpc(address).hetsched_run(**message)
+            answer = await asyncio.wait_for(call_host, self.run_timeout_s)
+            error = self._accept(task, worker, address, io, answer)
+        except asyncio.CancelledError:
+            error = WorkerLostError(f"{worker.name} left the cluster while it ran {task}")
+        except TimeoutError:
+            error = WorkerLostError(f"{worker.name} did not answer {task} within {self.run_timeout_s:.0f} s")
+            self._events.put(("suspect", address))
+        except OSError as exc:  # the connection failed: the worker died or is unreachable
+            error = WorkerLostError(f"{worker.name} is unreachable ({type(exc).__name__}: {exc})")
+            self._events.put(("suspect", address))
+        finally:
+            self._calls[address].discard(call)
+        self._events.put(("done", task, error))
+
+    def _accept(
+        self, task: Task, worker: WorkerSpec, address: str, io: TaskIO, answer: dict[str, Any]
+    ) -> BaseException | None:
+        """Store what the worker answered in the request's values; an error to report, or None."""
+        if answer["status"] == "lost":
+            return WorkerLostError(answer["detail"])
+        if answer["status"] != "ok":
+            return RemoteTaskError(f"{worker.name}: {answer['error']}")
+        returned = answer["values"]
+        io.values.update(returned)
+        if answer["nbytes"]:
+            with self._lock:
+                self._held.setdefault(id(task.job), set()).add(address)
+        sizes = {name: int(value.nbytes) for name, value in returned.items()}
+        for name, nbytes in answer["nbytes"].items():
+            sizes[name] = nbytes
+            if name not in returned:
+                io.values[name] = Kept(address, nbytes)
+        task.job.place({n: s for n, s in sizes.items() if n not in returned}, {worker.memory_node})
+        task.job.place({n: s for n, s in sizes.items() if n in returned}, {worker.memory_node, CLIENT_NODE})
+        task.compute_s = answer["compute_s"]
+        for peer, nbytes, seconds in answer["transfers"]:
+            if seconds > 0:
+                self.bus.observe(memory_node(peer), worker.memory_node, int(nbytes), seconds)
+        return None
+
+    def release(self, job: Job) -> None:
+        with self._lock:
+            addresses = self._held.pop(id(job), set())
+        key = self._job_key(job)
+
+        async def free() -> None:
+            await asyncio.gather(
+                *(self.client.rpc(a).hetsched_free(job=key) for a in addresses), return_exceptions=True
+            )  # a dead worker freed everything already
+
+        if addresses:
+            asyncio.run_coroutine_threadsafe(free(), self._loop)
+
+    # -- membership and reports -----------------------------------------------------------------
+
+    def _report_loop(self) -> None:
+        while True:
+            event = self._events.get()
+            if event is None:
+                return
+            try:
+                if event[0] == "done":
+                    assert self.report is not None, "the runtime connects the executor to its scheduler"
+                    self.report(event[1], event[2])
+                elif event[0] == "suspect":
+                    self._leave(event[1], suspect=True)
+            except Exception:  # a bug of ours; keep reporting the other tasks
+                log.exception("hetsched: handling %s failed", event[0])
+
+    def _leave(self, address: str, suspect: bool = False) -> None:
+        with self._lock:
+            spec = self._workers.pop(address, None)
+            if suspect:
+                self._suspects[address] = time.monotonic()
+        if spec is None:
+            return
+        log.warning("%s left the cluster%s", spec.name, " (its call failed)" if suspect else "")
+        if self.on_leave is not None:
+            self.on_leave(spec)
+
+        def cancel_calls() -> None:
+            for call in list(self._calls.get(address, ())):
+                call.cancel()
+
+        self._loop.call_soon_threadsafe(cancel_calls)
+
+    def _join(self, address: str, nthreads: int) -> None:
+        with self._lock:
+            stages = list(self._stages.values())
+            known = list(self._workers)
+        self._sync(self._ship(address, stages))
+        self._sync(calibrate_links(self.client.rpc, self.bus, CLIENT_NODE, [address], known))
+        spec = worker_spec(address, nthreads)
+        with self._lock:
+            self._workers[address] = spec
+        log.info("%s joined the cluster (%d part models shipped)", spec.name, len(stages))
+        if self.on_join is not None:
+            self.on_join(spec)
+
+    def _watch(self, interval_s: float) -> None:
+        while not self._stopping.wait(interval_s):
+            try:
+                listed = self._listed()
+            except Exception as exc:  # the scheduler is briefly unreachable: keep the workers we have
+                log.warning("Dask scheduler unreachable (%s); keeping the current workers", exc)
+                continue
+            now = time.monotonic()
+            with self._lock:
+                gone = [a for a in self._workers if a not in listed]
+                for address, since in list(self._suspects.items()):
+                    if address not in listed or now - since > SUSPECT_S:
+                        del self._suspects[address]
+                new = {a: n for a, n in listed.items() if a not in self._workers and a not in self._suspects}
+            for address in gone:
+                self._leave(address)
+            for address, nthreads in new.items():
+                try:
+                    self._join(address, nthreads)
+                except Exception as exc:  # it may have died again; the next look decides
+                    log.warning("worker %s could not join: %s", address, exc)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._watcher.is_alive():
+            self._watcher.join(timeout=10)
+        with self._lock:
+            stages = list(self._stages)
+        if stages:
+            try:
+                self.unload(stages)
+            except Exception as exc:  # the cluster may be gone already
+                log.warning("unloading from the cluster failed: %s", exc)
+        self._events.put(None)
+        self._reporter.join(timeout=10)
+        if self._owns_client:
+            self.client.close()

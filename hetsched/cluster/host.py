@@ -1,0 +1,193 @@
+"""The hetsched host on each Dask worker: its ONNX Runtime sessions and the tensors it keeps.
+
+:class:`HetschedHost` is a Dask worker plugin (``client.register_plugin``), so
+every worker of the cluster — also one that joins later — runs one.  It adds
+handlers to the worker's own RPC server, which the runtime calls through Dask's
+connection pools:
+
+- ``hetsched_load(owner, stages, models)``: sessions for ``stages``; the part
+  models travel once per worker (a stage this worker already holds is only
+  named), the answer lists the stages whose bytes it still needs;
+- ``hetsched_run(job, stage, inputs, local, fetch, outputs, keep, send_back)``: one
+  task.  Inputs come inline (the request's own tensors), from this worker's
+  store (``local``) or from the worker that made them (``fetch``: address ->
+  names), peer to peer; the outputs later parts read are kept here, the model's
+  outputs go back in the answer;
+- ``hetsched_get`` / ``hetsched_free``: a peer reads kept tensors; a finished
+  request's are dropped;
+- ``hetsched_echo`` / ``hetsched_pull`` / ``hetsched_blob``: network calibration.
+
+Names of message fields avoid ``reply``, ``op`` and ``close``, which Dask's RPC reads itself.
+
+Why handlers rather than ``client.submit``: a submitted task goes through the Dask
+scheduler, which cost 13-17 ms per task on this 2-core machine, while a direct
+call costs about 1.4 ms (bench/RESULTS.md).  Dask still provides the cluster, its
+membership, the plugin deployment and the communication.
+
+Sessions run on one thread of the host (``intra_op`` threads = the Dask worker's
+thread count); the hetsched scheduler sends a worker one task at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+from distributed import WorkerPlugin
+from distributed.protocol import to_serialize
+
+log = logging.getLogger(__name__)
+
+PLUGIN_NAME = "hetsched"
+HANDLERS = ("load", "unload", "run", "get", "free", "echo", "pull", "blob")
+
+
+def _error(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+class HetschedHost(WorkerPlugin):
+    """Sessions per stage (shared by the runtimes that loaded it) and tensors per request."""
+
+    name = PLUGIN_NAME
+    idempotent = True  # registering it again (a second runtime) keeps the running host
+
+    def setup(self, worker: Any) -> None:
+        import onnxruntime as ort
+
+        self.worker = worker
+        self.threads = max(1, int(worker.state.nthreads))
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="hetsched-host")
+        self.models: dict[str, bytes] = {}  # stage -> part model
+        self.sessions: dict[str, Any] = {}
+        self.owners: dict[str, set[str]] = {}  # stage -> runtimes that loaded it
+        self.data: dict[str, dict[str, np.ndarray]] = {}  # request (job key) -> tensors kept
+        self.options = ort.SessionOptions()
+        self.options.intra_op_num_threads = self.threads
+        self.options.inter_op_num_threads = 1
+        self.options.log_severity_level = 3
+        for handler in HANDLERS:
+            worker.handlers[f"hetsched_{handler}"] = getattr(self, handler)
+        log.info("hetsched host on %s: %d thread(s)", worker.address, self.threads)
+
+    def teardown(self, worker: Any) -> None:
+        for handler in HANDLERS:
+            worker.handlers.pop(f"hetsched_{handler}", None)
+        self.pool.shutdown(wait=False)
+
+    async def _on_pool(self, function: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.pool, function, *args)
+
+    # -- models ---------------------------------------------------------------------------------
+
+    async def load(self, owner: str, stages: list[str], models: dict[str, bytes]) -> dict[str, Any]:
+        self.models.update(models)
+        missing = [stage for stage in stages if stage not in self.models]
+        try:
+            for stage in stages:
+                if stage in self.models and stage not in self.sessions:
+                    self.sessions[stage] = await self._on_pool(self._session, self.models[stage])
+                if stage in self.models:
+                    self.owners.setdefault(stage, set()).add(owner)
+        except Exception as exc:  # reported to the loading runtime
+            return {"status": "error", "error": _error(exc)}
+        return {"status": "ok", "missing": missing}
+
+    def _session(self, blob: bytes) -> Any:
+        import onnxruntime as ort
+
+        return ort.InferenceSession(blob, self.options, providers=["CPUExecutionProvider"])
+
+    async def unload(self, owner: str, stages: list[str]) -> dict[str, Any]:
+        for stage in stages:
+            owners = self.owners.get(stage, set())
+            owners.discard(owner)
+            if not owners:  # nobody uses it any more
+                for table in (self.owners, self.sessions, self.models):
+                    table.pop(stage, None)
+        return {"status": "ok"}
+
+    # -- tasks ----------------------------------------------------------------------------------
+
+    async def run(
+        self,
+        job: str,
+        stage: str,
+        inputs: dict[str, np.ndarray],
+        local: list[str],
+        fetch: dict[str, list[str]],
+        outputs: list[str],
+        keep: list[str],
+        send_back: list[str],
+    ) -> dict[str, Any]:
+        feeds = dict(inputs)
+        transfers = []
+        try:
+            kept = self.data.get(job, {})
+            feeds.update({name: kept[name] for name in local})
+            for peer, names in fetch.items():
+                start = time.perf_counter()
+                answer = await self.worker.rpc(peer).hetsched_get(job=job, names=names)
+                if answer["status"] != "ok":
+                    return {"status": "lost", "detail": f"{peer} no longer holds {names} of {job}"}
+                values = answer["values"]
+                transfers.append((peer, sum(v.nbytes for v in values.values()), time.perf_counter() - start))
+                feeds.update(values)
+        except KeyError as exc:
+            return {"status": "lost", "detail": f"{self.worker.address} no longer holds {exc} of {job}"}
+        except OSError as exc:  # the peer died: the request is resent from its inputs
+            return {"status": "lost", "detail": f"reading inputs of {job} failed: {_error(exc)}"}
+        session = self.sessions.get(stage)
+        if session is None:
+            return {"status": "error", "error": f"stage {stage} is not loaded on {self.worker.address}"}
+        start = time.perf_counter()
+        try:
+            results = await self._on_pool(session.run, outputs, feeds)
+        except Exception as exc:  # the request's error, answered to it
+            return {"status": "error", "error": _error(exc)}
+        compute_s = time.perf_counter() - start
+        produced = dict(zip(outputs, results))
+        if keep:
+            self.data.setdefault(job, {}).update({name: produced[name] for name in keep})
+        return {
+            "status": "ok",
+            "compute_s": compute_s,
+            "values": {name: to_serialize(produced[name]) for name in send_back},
+            "nbytes": {name: int(produced[name].nbytes) for name in keep},
+            "transfers": transfers,
+        }
+
+    async def get(self, job: str, names: list[str]) -> dict[str, Any]:
+        kept = self.data.get(job, {})
+        if any(name not in kept for name in names):
+            return {"status": "lost"}
+        return {"status": "ok", "values": {name: to_serialize(kept[name]) for name in names}}
+
+    async def free(self, job: str) -> dict[str, Any]:
+        self.data.pop(job, None)
+        return {"status": "ok"}
+
+    # -- calibration ----------------------------------------------------------------------------
+
+    async def echo(self, payload: Any = None) -> dict[str, Any]:
+        """The client times sending ``payload`` here (the answer is small)."""
+        return {"status": "ok"}
+
+    async def blob(self, nbytes: int) -> dict[str, Any]:
+        return {"status": "ok", "value": to_serialize(np.zeros(nbytes, np.uint8))}
+
+    async def pull(self, peer: str, sizes: list[int], repeats: int) -> dict[str, Any]:
+        """Median seconds to read each size from ``peer``: the worker-to-worker link."""
+        medians = []
+        for nbytes in sizes:
+            times = []
+            for _ in range(repeats + 1):  # the first one opens the connection
+                start = time.perf_counter()
+                await self.worker.rpc(peer).hetsched_blob(nbytes=nbytes)
+                times.append(time.perf_counter() - start)
+            medians.append(float(np.median(times[1:])))
+        return {"status": "ok", "seconds": medians}
