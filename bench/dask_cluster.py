@@ -1,15 +1,15 @@
 """hetsched on a Dask cluster: per-task overhead against local execution, throughput from 1 to 3
-LocalCluster workers, and a simulated projection to many nodes with the calibrated network model.
+Dask worker processes, and a simulated projection to many nodes with the calibrated network model.
 
 All in one run on this machine:
 
 1. Overhead: a tiny model (microseconds of compute) one request at a time through a local
-   ``Runtime`` and through ``Runtime(cluster=...)`` on a 1-worker LocalCluster, as 1 part and as
+   ``Runtime`` and through ``Runtime(cluster=...)`` on a 1-worker cluster, as 1 part and as
    2 parts, rounds interleaved; the remote per-task overhead is the difference of medians per
    task.  A bare Dask RPC round trip (the hetsched host's echo) and ``client.submit`` (the Dask
    scheduler path, which hetsched avoids) are measured beside it.
 2. Scaling: googlenet, batch 1, whole model, closed loop (2 requests in flight per worker) on
-   LocalClusters of 1, 2 and 3 single-thread workers, and on the local runtime (every core of
+   clusters of 1, 2 and 3 single-thread worker processes, and on the local runtime (every core of
    this machine).  The client's own CPU time per task is recorded: it bounds how many nodes one
    client can feed.
 3. Projection: the real scheduler (dmda) on a simulated platform of N remote nodes (virtual
@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 from daemon_overhead import WIDTH, tiny_model
+from dask_processes import DaskProcesses
 from results_md import write_section
 
 import hetsched
@@ -55,15 +56,6 @@ from partitioner.feeds import random_feeds
 
 HERE = Path(__file__).parent
 NODES = (1, 2, 4, 8, 16, 32, 64)
-
-
-def cluster(workers: int) -> Any:
-    from distributed import Client, LocalCluster
-
-    local = LocalCluster(
-        n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0", silence_logs=40
-    )
-    return local, Client(local)
 
 
 def median_s(call: Callable[[], Any], requests: int) -> list[float]:
@@ -82,9 +74,8 @@ def overhead(requests: int, rounds: int) -> dict[str, Any]:
 
     model = tiny_model()
     x = {"x": np.random.default_rng(1).standard_normal((1, WIDTH)).astype(np.float32)}
-    local_cluster, client = cluster(1)
     samples: dict[str, list[float]] = {}
-    try:
+    with DaskProcesses(1) as client:
         local, remote = hetsched.Runtime(), hetsched.Runtime(cluster=client)
         paths: dict[str, Callable[[], Any]] = {}
         for parts, ratios in ((1, (1.0,)), (2, (0.5, 0.5))):
@@ -104,9 +95,6 @@ def overhead(requests: int, rounds: int) -> dict[str, Any]:
                 bar(round_ * len(paths) + index + 1, rounds * len(paths))
         local.close()
         remote.close()
-    finally:
-        client.close()
-        local_cluster.close()
     medians = {name: statistics.median(values) * 1e3 for name, values in samples.items()}
     per_task = {
         parts: (medians[f"Dask, {parts} part(s)"] - medians[f"local, {parts} part(s)"]) / parts
@@ -153,8 +141,7 @@ def scaling(seconds: float) -> dict[str, Any]:
         rows["local"] = {"workers": cores, "rps": closed_loop(loaded, feeds, 2 * cores, seconds)}
     bar(1, 4)
     for index, workers in enumerate((1, 2, 3)):
-        local_cluster, client = cluster(workers)
-        try:
+        with DaskProcesses(workers) as client:
             with hetsched.Runtime(cluster=client) as runtime:
                 loaded = runtime.load(proto, name="googlenet")
                 loaded.warm_up(16)
@@ -174,9 +161,6 @@ def scaling(seconds: float) -> dict[str, Any]:
                     "link_latency_ms": link.latency_s * 1e3,
                     "link_bandwidth_gbs": link.bandwidth_bytes_per_s / 1e9,
                 }
-        finally:
-            client.close()
-            local_cluster.close()
         bar(index + 2, 4)
     rows["input_bytes"] = int(sum(v.nbytes for v in feeds.values()))
     return rows
@@ -246,7 +230,7 @@ def plot(measured: dict[str, Any], projected: dict[int, dict[str, float]], path:
         [r["rps"] for r in dask],
         "s",
         color="C3",
-        label="measured, LocalCluster on 2 cores",
+        label="measured, Dask workers on this 2-core machine",
     )
     ax.plot(
         [measured["local"]["workers"]],
@@ -278,7 +262,8 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
         "",
         f"`PYTHONPATH=.:bench python bench/dask_cluster.py {command}` "
         f"on {platform.node()} ({os.cpu_count()} cores), {date.today().isoformat()}; distributed "
-        f"{_version('distributed')}, LocalCluster of single-thread worker processes on this machine.",
+        f"{_version('distributed')}, a Dask scheduler and single-thread "
+        "`dask worker --no-nanny` processes on this machine (bench/dask_processes.py).",
         "",
         "Per request, one at a time (tiny model, medians of "
         f"{over['rounds']} interleaved rounds of {over['requests']}):",
@@ -298,7 +283,7 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
         "|---|---:|---:|---:|",
         f"| local runtime | {scale['local']['workers']} cores | {local_rps:.1f} | |",
         *[
-            f"| LocalCluster | {scale[f'Dask x{w}']['workers']} | {scale[f'Dask x{w}']['rps']:.1f} | "
+            f"| Dask workers | {scale[f'Dask x{w}']['workers']} | {scale[f'Dask x{w}']['rps']:.1f} | "
             f"{scale[f'Dask x{w}']['client_cpu_ms_per_task']:.2f} |"
             for w in (1, 2, 3)
         ],

@@ -9,6 +9,10 @@ with the task; a part's outputs that later parts read stay on its worker and
 the next worker reads them from there (peer to peer); the model's outputs come
 back in the answer.
 
+dmda assigns a task to a worker's queue while that worker may still be busy;
+then the task's inputs are sent at once (:meth:`DaskExecutor.prefetch`), so
+moving them overlaps the running task, as StarPU's prefetch does.
+
 Workers come and go: a watcher compares the scheduler's list of workers with
 ours every ``watch_interval_s``.  A new worker gets the loaded models and its
 links measured, then tasks.  A worker that left (or whose call failed) is taken
@@ -29,6 +33,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,6 +99,10 @@ class DaskExecutor:
         self._calls: dict[str, set[asyncio.Task[None]]] = {}  # address -> calls in flight there
         self._stages: dict[str, StageModel] = {}  # every stage loaded, for workers that join
         self._held: dict[int, set[str]] = {}  # id(job) -> addresses keeping some of its tensors
+        self._busy: dict[str, int] = {}  # address -> tasks started there and not reported yet
+        # task id -> (address, the staging call, the input names it sends): inputs prefetched
+        self._staged: dict[int, tuple[str, Future[bool], list[str]]] = {}
+        self.prefetched = 0  # tasks whose inputs were sent ahead while their worker was busy
         self._events: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._stopping = threading.Event()
 
@@ -177,46 +186,96 @@ class DaskExecutor:
 
     # -- tasks ----------------------------------------------------------------------------------
 
-    def prefetch(self, task: Task, worker: WorkerSpec) -> None:
-        """Inputs travel with the task or are read by the worker when it starts it (peer to peer)."""
-
-    def start(self, task: Task, worker: WorkerSpec) -> None:
-        address = self._address(worker)
-        with self._lock:
-            if address not in self._workers:
-                raise WorkerLostError(f"{worker.name} left the cluster before {task} started")
-        io = self._task_io(task)
+    def _inputs(self, io: TaskIO, address: str) -> tuple[dict[str, Any], list[str], dict[str, list[str]]]:
+        """A task's inputs as the worker at ``address`` gets them: inline (arrays here), local (kept
+        there already) or fetched from the peer keeping them."""
         inline: dict[str, Any] = {}
         local: list[str] = []
         fetch: dict[str, list[str]] = {}
         for name in io.inputs:
             value = io.values[name]
             if not isinstance(value, Kept):
-                inline[name] = to_serialize(value)
+                inline[name] = value
             elif value.address == address:
                 local.append(name)
             else:
                 fetch.setdefault(value.address, []).append(name)
-        message = dict(
-            job=self._job_key(task.job),
-            stage=task.stage,
-            inputs=inline,
-            local=local,
-            fetch=fetch,
-            outputs=list(io.outputs),
-            keep=list(io.keep),
-            send_back=list(io.reply),
-        )
-        asyncio.run_coroutine_threadsafe(self._call(task, worker, address, io, message), self._loop)
+        return inline, local, fetch
+
+    def prefetch(self, task: Task, worker: WorkerSpec) -> None:
+        """The policy chose ``worker`` for ``task`` (dmda: at once, while the worker may still be busy).
+
+        If the worker is busy, its inputs are sent now — arrays from here, kept tensors pulled by
+        the worker from their peers — so the transfer overlaps the running task and the task starts
+        on local data.  An idle worker gets them with the task instead (one round trip, not two).
+        """
+        address = self._address(worker)
+        with self._lock:
+            if not self._busy.get(address) or address not in self._workers:
+                return
+        inline, _, fetch = self._inputs(self._task_io(task), address)
+        if not inline and not fetch:
+            return
+        key = self._job_key(task.job)
+        staging = asyncio.run_coroutine_threadsafe(self._stage(address, key, inline, fetch), self._loop)
+        with self._lock:
+            self._staged[task.id] = (
+                address,
+                staging,
+                [*inline, *(n for names in fetch.values() for n in names)],
+            )
+            self._held.setdefault(id(task.job), set()).add(address)
+            self.prefetched += 1
+
+    async def _stage(
+        self, address: str, job: str, inline: dict[str, Any], fetch: dict[str, list[str]]
+    ) -> bool:
+        values = {name: to_serialize(value) for name, value in inline.items()}
+        try:
+            answer = await self.client.rpc(address).hetsched_stage(job=job, inputs=values, fetch=fetch)
+        except OSError:
+            return False  # the task itself will report the worker's loss
+        self._observe(address, answer.get("transfers", ()))
+        return bool(answer["status"] == "ok")
+
+    def start(self, task: Task, worker: WorkerSpec) -> None:
+        address = self._address(worker)
+        with self._lock:
+            if address not in self._workers:
+                raise WorkerLostError(f"{worker.name} left the cluster before {task} started")
+            self._busy[address] = self._busy.get(address, 0) + 1
+            staged = self._staged.pop(task.id, None)
+        io = self._task_io(task)
+        staging, names = (staged[1], staged[2]) if staged and staged[0] == address else (None, [])
+        asyncio.run_coroutine_threadsafe(self._call(task, worker, address, io, staging, names), self._loop)
 
     async def _call(
-        self, task: Task, worker: WorkerSpec, address: str, io: TaskIO, message: dict[str, Any]
+        self,
+        task: Task,
+        worker: WorkerSpec,
+        address: str,
+        io: TaskIO,
+        staging: Future[bool] | None,
+        staged: list[str],
     ) -> None:
         call = asyncio.current_task()
         assert call is not None
         self._calls.setdefault(address, set()).add(call)  # only touched on the event loop
         error: BaseException | None
         try:
+            inline, local, fetch = self._inputs(io, address)
+            if staging is not None and await asyncio.wrap_future(staging):  # prefetched: all local now
+                inline, fetch, local = {}, {}, [*local, *staged]
+            message = dict(
+                job=self._job_key(task.job),
+                stage=task.stage,
+                inputs={name: to_serialize(value) for name, value in inline.items()},
+                local=local,
+                fetch=fetch,
+                outputs=list(io.outputs),
+                keep=list(io.keep),
+                send_back=list(io.reply),
+            )
             call_host = self.client.rpc(address).hetsched_run(**message)
             answer = await asyncio.wait_for(call_host, self.run_timeout_s)
             error = self._accept(task, worker, address, io, answer)
@@ -230,6 +289,8 @@ class DaskExecutor:
             self._events.put(("suspect", address))
         finally:
             self._calls[address].discard(call)
+            with self._lock:
+                self._busy[address] -= 1
         self._events.put(("done", task, error))
 
     def _accept(
@@ -253,14 +314,20 @@ class DaskExecutor:
         task.job.place({n: s for n, s in sizes.items() if n not in returned}, {worker.memory_node})
         task.job.place({n: s for n, s in sizes.items() if n in returned}, {worker.memory_node, CLIENT_NODE})
         task.compute_s = answer["compute_s"]
-        for peer, nbytes, seconds in answer["transfers"]:
-            if seconds > 0:
-                self.bus.observe(memory_node(peer), worker.memory_node, int(nbytes), seconds)
+        self._observe(address, answer["transfers"])
         return None
+
+    def _observe(self, address: str, transfers: Any) -> None:
+        """Feed the peer-to-peer reads a worker timed to the network model."""
+        for peer, nbytes, seconds in transfers:
+            if seconds > 0:
+                self.bus.observe(memory_node(peer), memory_node(address), int(nbytes), seconds)
 
     def release(self, job: Job) -> None:
         with self._lock:
             addresses = self._held.pop(id(job), set())
+            for task in job.tasks:  # staged for tasks that never started (their request failed)
+                self._staged.pop(task.id, None)
         key = self._job_key(job)
 
         async def free() -> None:

@@ -13,6 +13,8 @@ connection pools:
   store (``local``) or from the worker that made them (``fetch``: address ->
   names), peer to peer; the outputs later parts read are kept here, the model's
   outputs go back in the answer;
+- ``hetsched_stage(job, inputs, fetch)``: a task's inputs sent ahead while the
+  worker still runs another (prefetch); the task then finds them local;
 - ``hetsched_get`` / ``hetsched_free``: a peer reads kept tensors; a finished
   request's are dropped;
 - ``hetsched_echo`` / ``hetsched_pull`` / ``hetsched_blob``: network calibration.
@@ -43,7 +45,7 @@ from distributed.protocol import to_serialize
 log = logging.getLogger(__name__)
 
 PLUGIN_NAME = "hetsched"
-HANDLERS = ("load", "unload", "run", "get", "free", "echo", "pull", "blob")
+HANDLERS = ("load", "unload", "run", "stage", "get", "free", "echo", "pull", "blob")
 
 
 def _error(exc: BaseException) -> str:
@@ -125,22 +127,14 @@ class HetschedHost(WorkerPlugin):
         send_back: list[str],
     ) -> dict[str, Any]:
         feeds = dict(inputs)
-        transfers = []
-        try:
-            kept = self.data.get(job, {})
-            feeds.update({name: kept[name] for name in local})
-            for peer, names in fetch.items():
-                start = time.perf_counter()
-                answer = await self.worker.rpc(peer).hetsched_get(job=job, names=names)
-                if answer["status"] != "ok":
-                    return {"status": "lost", "detail": f"{peer} no longer holds {names} of {job}"}
-                values = answer["values"]
-                transfers.append((peer, sum(v.nbytes for v in values.values()), time.perf_counter() - start))
-                feeds.update(values)
-        except KeyError as exc:
-            return {"status": "lost", "detail": f"{self.worker.address} no longer holds {exc} of {job}"}
-        except OSError as exc:  # the peer died: the request is resent from its inputs
-            return {"status": "lost", "detail": f"reading inputs of {job} failed: {_error(exc)}"}
+        transfers: list[tuple[str, int, float]] = []
+        kept = self.data.get(job, {})
+        if any(name not in kept for name in local):
+            return {"status": "lost", "detail": f"{self.worker.address} no longer holds inputs of {job}"}
+        feeds.update({name: kept[name] for name in local})
+        lost = await self._fetch(job, fetch, feeds, transfers)
+        if lost:
+            return lost
         session = self.sessions.get(stage)
         if session is None:
             return {"status": "error", "error": f"stage {stage} is not loaded on {self.worker.address}"}
@@ -160,6 +154,39 @@ class HetschedHost(WorkerPlugin):
             "nbytes": {name: int(produced[name].nbytes) for name in keep},
             "transfers": transfers,
         }
+
+    async def _fetch(
+        self,
+        job: str,
+        fetch: dict[str, list[str]],
+        into: dict[str, np.ndarray],
+        transfers: list[tuple[str, int, float]],
+    ) -> dict[str, Any] | None:
+        """Read tensors kept by peers (address -> names) into ``into``; an answer to send on loss."""
+        for peer, names in fetch.items():
+            start = time.perf_counter()
+            try:
+                answer = await self.worker.rpc(peer).hetsched_get(job=job, names=names)
+            except OSError as exc:  # the peer died: the request is resent from its inputs
+                return {"status": "lost", "detail": f"reading {names} of {job} from {peer}: {_error(exc)}"}
+            if answer["status"] != "ok":
+                return {"status": "lost", "detail": f"{peer} no longer holds {names} of {job}"}
+            values = answer["values"]
+            transfers.append((peer, sum(v.nbytes for v in values.values()), time.perf_counter() - start))
+            into.update(values)
+        return None
+
+    async def stage(
+        self, job: str, inputs: dict[str, np.ndarray], fetch: dict[str, list[str]]
+    ) -> dict[str, Any]:
+        """A task's inputs sent ahead (the runtime's prefetch): kept here until it runs."""
+        values = dict(inputs)
+        transfers: list[tuple[str, int, float]] = []
+        lost = await self._fetch(job, fetch, values, transfers)
+        if lost:
+            return lost
+        self.data.setdefault(job, {}).update(values)
+        return {"status": "ok", "transfers": transfers}
 
     async def get(self, job: str, names: list[str]) -> dict[str, Any]:
         kept = self.data.get(job, {})
