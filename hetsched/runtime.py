@@ -222,7 +222,7 @@ class Runtime:
         if cluster is not None:
             from hetsched.cluster.executor import DaskExecutor
 
-            self.executor = DaskExecutor(cluster, self._task_io)
+            self.executor = DaskExecutor(cluster, self._task_io, narrow=narrow)
         else:
             self.executor = ThreadExecutor(cpu_workers(discover(), workers, narrow), self._run_task)
         self.store = PerfModelStore(perfmodel_dir) if perfmodel_dir is not None else None

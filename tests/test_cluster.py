@@ -208,3 +208,26 @@ def test_the_daemon_serves_on_a_dask_cluster(client: distributed.Client, tmp_pat
                 np.testing.assert_allclose(answer.as_numpy(name), value, rtol=1e-4, atol=1e-5)
         triton.close()
         assert "3 workers" in server.text() and "dask@" in server.text()
+
+
+def test_a_dask_worker_with_two_threads_is_a_core_group() -> None:
+    """A wide worker (both threads) for a lone request, two narrow ones (a thread each) under load."""
+    proto = zoo.build("googlenet")
+    references = [expected(proto, 1, seed) for seed in range(4)]
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=True, dashboard_address=":0",
+                                  silence_logs=40) as cluster, distributed.Client(cluster) as client:
+        with Runtime(cluster=client, trace=True) as runtime:
+            wide, *narrow = runtime.specs
+            assert wide.arch == "cpu:2t@127.0.0.1" and [w.arch for w in narrow] == ["cpu:1t@127.0.0.1"] * 2
+            assert all(wide.overlaps(w) for w in narrow) and not narrow[0].overlaps(narrow[1])
+            model = runtime.load(proto)
+            model.warm_up(12)
+            for feeds, want in references:
+                assert_same(model.infer(feeds, timeout=60), want)
+            with ThreadPoolExecutor(4) as pool:
+                answers = list(pool.map(lambda i: model.infer(references[i % 4][0], timeout=60), range(24)))
+            for i, got in enumerate(answers):
+                assert_same(got, references[i % 4][1])
+            assert runtime.tracer is not None
+            used = {event.worker for event in runtime.tracer.events() if event.worker}
+    assert used == {wide.name, narrow[0].name, narrow[1].name}

@@ -40,7 +40,7 @@ from typing import Any
 from distributed import Client
 from distributed.protocol import to_serialize
 
-from hetsched.cluster.host import PLUGIN_NAME, HetschedHost
+from hetsched.cluster.host import PLUGIN_NAME, WIDE, HetschedHost
 from hetsched.cluster.network import calibrate_links, memory_node
 from hetsched.errors import RemoteTaskError, UsageError, WorkerLostError
 from hetsched.platform import Report, StageModel, TaskIO
@@ -64,12 +64,30 @@ class Kept:
     nbytes: int
 
 
-def worker_spec(address: str, nthreads: int) -> WorkerSpec:
+def worker_specs(address: str, threads: int, first_slot: int, narrow: bool = True) -> list[WorkerSpec]:
+    """The hetsched workers of one Dask worker with ``threads`` threads, as on a local core group:
+    a wide one using every thread (listed first) and, with ``narrow``, one per thread.
+
+    Their ``cores`` are slots numbered from ``first_slot`` (unique in the runtime), which keep the
+    scheduler from running the wide one and a narrow one at once, as for local cores.  Workers on
+    one host share a perf model kind (same hardware, same thread count).
+    """
     host = address.split("://")[-1].rsplit(":", 1)[0]
-    # Workers on one host share a perf model kind: same hardware, same thread count.
-    return WorkerSpec(
-        f"dask@{address.split('://')[-1]}", f"cpu:{nthreads}t@{host}", memory_node(address), device="remote"
-    )
+    name = f"dask@{address.split('://')[-1]}"
+    slots = tuple(range(first_slot, first_slot + threads))
+    specs = [WorkerSpec(name, f"cpu:{threads}t@{host}", memory_node(address), slots, "remote")]
+    if narrow and threads > 1:
+        specs += [
+            WorkerSpec(f"{name}/{lane}", f"cpu:1t@{host}", memory_node(address), (slot,), "remote")
+            for lane, slot in enumerate(slots)
+        ]
+    return specs
+
+
+def lane_of(worker: WorkerSpec) -> int:
+    """Which of its Dask worker's lanes a hetsched worker is (WIDE or a narrow index)."""
+    _, sep, lane = worker.name.rpartition("/")
+    return int(lane) if sep else WIDE
 
 
 class DaskExecutor:
@@ -79,6 +97,7 @@ class DaskExecutor:
         self,
         cluster: Client | str,
         task_io: Callable[[Task], TaskIO],
+        narrow: bool = True,
         run_timeout_s: float = RUN_TIMEOUT_S,
         watch_interval_s: float = WATCH_INTERVAL_S,
     ) -> None:
@@ -94,12 +113,14 @@ class DaskExecutor:
         assert self.client.loop is not None, "a synchronous Client runs its own event loop"
         self._loop = self.client.loop.asyncio_loop  # type: ignore[attr-defined]  # tornado's AsyncIOLoop
         self._lock = threading.Lock()
-        self._workers: dict[str, WorkerSpec] = {}  # address -> spec, the workers scheduled now
+        self.narrow = narrow
+        self._workers: dict[str, list[WorkerSpec]] = {}  # address -> its workers, scheduled now
+        self._next_slot = 1 << 20  # slots of remote workers, apart from any local core number
         self._suspects: dict[str, float] = {}  # address -> when its call failed
         self._calls: dict[str, set[asyncio.Task[None]]] = {}  # address -> calls in flight there
         self._stages: dict[str, StageModel] = {}  # every stage loaded, for workers that join
         self._held: dict[int, set[str]] = {}  # id(job) -> addresses keeping some of its tensors
-        self._busy: dict[str, int] = {}  # address -> tasks started there and not reported yet
+        self._busy: dict[int, WorkerSpec] = {}  # task id -> worker, for tasks started and not reported
         # task id -> (address, the staging call, the input names it sends): inputs prefetched
         self._staged: dict[int, tuple[str, Future[bool], list[str]]] = {}
         self.prefetched = 0  # tasks whose inputs were sent ahead while their worker was busy
@@ -115,17 +136,27 @@ class DaskExecutor:
             )
         self._sync(calibrate_links(self.client.rpc, self.bus, CLIENT_NODE, sorted(listed)))
         for address, nthreads in sorted(listed.items()):
-            self._workers[address] = worker_spec(address, nthreads)
-        self.specs = list(self._workers.values())
+            self._workers[address] = self._specs(address, nthreads)
+        self.specs = [spec for specs in self._workers.values() for spec in specs]
         self._reporter = threading.Thread(target=self._report_loop, name="hetsched-dask-reports", daemon=True)
         self._reporter.start()
         # Started by the first load, once the runtime has connected on_join / on_leave.
         self._watcher = threading.Thread(
             target=self._watch, args=(watch_interval_s,), name="hetsched-dask-watch", daemon=True
         )
-        log.info("Dask cluster %s: %d workers", self.address, len(self._workers))
+        log.info(
+            "Dask cluster %s: %d Dask workers, %d hetsched workers",
+            self.address,
+            len(self._workers),
+            len(self.specs),
+        )
 
     # -- helpers --------------------------------------------------------------------------------
+
+    def _specs(self, address: str, threads: int) -> list[WorkerSpec]:
+        specs = worker_specs(address, threads, self._next_slot, self.narrow)
+        self._next_slot += threads
+        return specs
 
     @property
     def address(self) -> str:
@@ -211,7 +242,7 @@ class DaskExecutor:
         """
         address = self._address(worker)
         with self._lock:
-            if not self._busy.get(address) or address not in self._workers:
+            if address not in self._workers or not any(w.overlaps(worker) for w in self._busy.values()):
                 return
         inline, _, fetch = self._inputs(self._task_io(task), address)
         if not inline and not fetch:
@@ -243,7 +274,7 @@ class DaskExecutor:
         with self._lock:
             if address not in self._workers:
                 raise WorkerLostError(f"{worker.name} left the cluster before {task} started")
-            self._busy[address] = self._busy.get(address, 0) + 1
+            self._busy[task.id] = worker
             staged = self._staged.pop(task.id, None)
         io = self._task_io(task)
         staging, names = (staged[1], staged[2]) if staged and staged[0] == address else (None, [])
@@ -269,6 +300,7 @@ class DaskExecutor:
             message = dict(
                 job=self._job_key(task.job),
                 stage=task.stage,
+                lane=lane_of(worker),
                 inputs={name: to_serialize(value) for name, value in inline.items()},
                 local=local,
                 fetch=fetch,
@@ -290,7 +322,7 @@ class DaskExecutor:
         finally:
             self._calls[address].discard(call)
             with self._lock:
-                self._busy[address] -= 1
+                del self._busy[task.id]
         self._events.put(("done", task, error))
 
     def _accept(
@@ -356,14 +388,15 @@ class DaskExecutor:
 
     def _leave(self, address: str, suspect: bool = False) -> None:
         with self._lock:
-            spec = self._workers.pop(address, None)
+            specs = self._workers.pop(address, [])
             if suspect:
                 self._suspects[address] = time.monotonic()
-        if spec is None:
+        if not specs:
             return
-        log.warning("%s left the cluster%s", spec.name, " (its call failed)" if suspect else "")
-        if self.on_leave is not None:
-            self.on_leave(spec)
+        log.warning("%s left the cluster%s", specs[0].name, " (its call failed)" if suspect else "")
+        for spec in specs:
+            if self.on_leave is not None:
+                self.on_leave(spec)
 
         def cancel_calls() -> None:
             for call in list(self._calls.get(address, ())):
@@ -377,12 +410,12 @@ class DaskExecutor:
             known = list(self._workers)
         self._sync(self._ship(address, stages))
         self._sync(calibrate_links(self.client.rpc, self.bus, CLIENT_NODE, [address], known))
-        spec = worker_spec(address, nthreads)
         with self._lock:
-            self._workers[address] = spec
-        log.info("%s joined the cluster (%d part models shipped)", spec.name, len(stages))
-        if self.on_join is not None:
-            self.on_join(spec)
+            specs = self._workers[address] = self._specs(address, nthreads)
+        log.info("%s joined the cluster (%d part models shipped)", specs[0].name, len(stages))
+        for spec in specs:
+            if self.on_join is not None:
+                self.on_join(spec)
 
     def _watch(self, interval_s: float) -> None:
         while not self._stopping.wait(interval_s):

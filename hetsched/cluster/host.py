@@ -26,14 +26,17 @@ scheduler, which cost 13-17 ms per task on this 2-core machine, while a direct
 call costs about 1.4 ms (bench/RESULTS.md).  Dask still provides the cluster, its
 membership, the plugin deployment and the communication.
 
-Sessions run on one thread of the host (``intra_op`` threads = the Dask worker's
-thread count); the hetsched scheduler sends a worker one task at a time.
+A Dask worker with T threads is a core group to hetsched: a wide lane (sessions
+with T intra-op threads) and, when T > 1, T narrow lanes (one thread each, pinned
+to a core); each lane runs on a thread of its own and the scheduler never runs the
+wide lane beside a narrow one (as for local core groups).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -45,7 +48,16 @@ from distributed.protocol import to_serialize
 log = logging.getLogger(__name__)
 
 PLUGIN_NAME = "hetsched"
+WIDE = -1  # the lane whose sessions use every thread of the Dask worker
 HANDLERS = ("load", "unload", "run", "stage", "get", "free", "echo", "pull", "blob")
+
+
+def _pin(cores: set[int] | None) -> None:
+    if cores and hasattr(os, "sched_setaffinity"):
+        try:
+            os.sched_setaffinity(0, cores)
+        except OSError as exc:  # a core outside the worker's cpuset: run unpinned
+            log.warning("could not pin a hetsched lane to %s: %s", cores, exc)
 
 
 def _error(exc: BaseException) -> str:
@@ -59,19 +71,22 @@ class HetschedHost(WorkerPlugin):
     idempotent = True  # registering it again (a second runtime) keeps the running host
 
     def setup(self, worker: Any) -> None:
-        import onnxruntime as ort
-
         self.worker = worker
         self.threads = max(1, int(worker.state.nthreads))
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="hetsched-host")
+        cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+        # One thread per lane: the wide lane's sessions use every thread, each narrow lane's one,
+        # pinned to a core of its own when the process may use that many.
+        self.lanes = {WIDE: ThreadPoolExecutor(1, thread_name_prefix="hetsched-wide")}
+        if self.threads > 1:
+            for lane in range(self.threads):
+                pin = {cores[lane]} if len(cores) >= self.threads else None
+                self.lanes[lane] = ThreadPoolExecutor(
+                    1, thread_name_prefix=f"hetsched-lane{lane}", initializer=_pin, initargs=(pin,)
+                )
         self.models: dict[str, bytes] = {}  # stage -> part model
-        self.sessions: dict[str, Any] = {}
+        self.sessions: dict[tuple[str, int], Any] = {}  # (stage, intra-op threads) -> session
         self.owners: dict[str, set[str]] = {}  # stage -> runtimes that loaded it
         self.data: dict[str, dict[str, np.ndarray]] = {}  # request (job key) -> tensors kept
-        self.options = ort.SessionOptions()
-        self.options.intra_op_num_threads = self.threads
-        self.options.inter_op_num_threads = 1
-        self.options.log_severity_level = 3
         for handler in HANDLERS:
             worker.handlers[f"hetsched_{handler}"] = getattr(self, handler)
         log.info("hetsched host on %s: %d thread(s)", worker.address, self.threads)
@@ -79,10 +94,15 @@ class HetschedHost(WorkerPlugin):
     def teardown(self, worker: Any) -> None:
         for handler in HANDLERS:
             worker.handlers.pop(f"hetsched_{handler}", None)
-        self.pool.shutdown(wait=False)
+        for pool in self.lanes.values():
+            pool.shutdown(wait=False)
 
-    async def _on_pool(self, function: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self.pool, function, *args)
+    async def _on(self, lane: int, function: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.lanes[lane], function, *args)
+
+    def _thread_counts(self) -> list[int]:
+        """Intra-op thread counts of the sessions each stage needs: the wide lane's, the narrow ones'."""
+        return [self.threads, 1] if self.threads > 1 else [1]
 
     # -- models ---------------------------------------------------------------------------------
 
@@ -91,26 +111,33 @@ class HetschedHost(WorkerPlugin):
         missing = [stage for stage in stages if stage not in self.models]
         try:
             for stage in stages:
-                if stage in self.models and stage not in self.sessions:
-                    self.sessions[stage] = await self._on_pool(self._session, self.models[stage])
+                for threads in self._thread_counts() if stage in self.models else []:
+                    if (stage, threads) not in self.sessions:
+                        self.sessions[stage, threads] = await self._on(WIDE, self._session, stage, threads)
                 if stage in self.models:
                     self.owners.setdefault(stage, set()).add(owner)
         except Exception as exc:  # reported to the loading runtime
             return {"status": "error", "error": _error(exc)}
         return {"status": "ok", "missing": missing}
 
-    def _session(self, blob: bytes) -> Any:
+    def _session(self, stage: str, threads: int) -> Any:
         import onnxruntime as ort
 
-        return ort.InferenceSession(blob, self.options, providers=["CPUExecutionProvider"])
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        return ort.InferenceSession(self.models[stage], options, providers=["CPUExecutionProvider"])
 
     async def unload(self, owner: str, stages: list[str]) -> dict[str, Any]:
         for stage in stages:
             owners = self.owners.get(stage, set())
             owners.discard(owner)
             if not owners:  # nobody uses it any more
-                for table in (self.owners, self.sessions, self.models):
-                    table.pop(stage, None)
+                self.owners.pop(stage, None)
+                self.models.pop(stage, None)
+                for threads in self._thread_counts():
+                    self.sessions.pop((stage, threads), None)
         return {"status": "ok"}
 
     # -- tasks ----------------------------------------------------------------------------------
@@ -119,6 +146,7 @@ class HetschedHost(WorkerPlugin):
         self,
         job: str,
         stage: str,
+        lane: int,
         inputs: dict[str, np.ndarray],
         local: list[str],
         fetch: dict[str, list[str]],
@@ -135,12 +163,13 @@ class HetschedHost(WorkerPlugin):
         lost = await self._fetch(job, fetch, feeds, transfers)
         if lost:
             return lost
-        session = self.sessions.get(stage)
-        if session is None:
-            return {"status": "error", "error": f"stage {stage} is not loaded on {self.worker.address}"}
+        threads = self.threads if lane == WIDE else 1
+        session = self.sessions.get((stage, threads))
+        if session is None or lane not in self.lanes:
+            return {"status": "error", "error": f"stage {stage} lane {lane} is not on {self.worker.address}"}
         start = time.perf_counter()
         try:
-            results = await self._on_pool(session.run, outputs, feeds)
+            results = await self._on(lane, session.run, outputs, feeds)
         except Exception as exc:  # the request's error, answered to it
             return {"status": "error", "error": _error(exc)}
         compute_s = time.perf_counter() - start
