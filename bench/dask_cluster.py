@@ -292,7 +292,8 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
         f"workers) reaches {group:.0%} of the local runtime's throughput, two 1-thread workers "
         f"{per_core:.0%} (target: no loss, ≥ ~95% given the noise). What the cluster path adds per "
         "request here: the input sent over loopback TCP, two RPCs, and the client's CPU (column "
-        "above), all on the same 2 cores as the compute. Scaling past 2 workers is bounded by this machine's 2 cores.",
+        "above), all on the same 2 cores as the compute. Scaling past 2 workers is bounded by this "
+        "machine's 2 cores.",
         "",
         f"Projection to N nodes (compute {one['compute_ms']:.1f} ms per request measured on one worker; "
         f"client→worker link {one['link_latency_ms']:.2f} ms + bytes / {one['link_bandwidth_gbs']:.2f} GB/s "
