@@ -231,3 +231,15 @@ def test_a_dask_worker_with_two_threads_is_a_core_group() -> None:
             assert runtime.tracer is not None
             used = {event.worker for event in runtime.tracer.events() if event.worker}
     assert used == {wide.name, narrow[0].name, narrow[1].name}
+
+
+def test_part_models_travel_once_per_worker_and_runtimes_share_hosts(client: distributed.Client) -> None:
+    proto = zoo.build("lenet5")
+    feeds, want = expected(proto, 2, 0)
+    with Runtime(cluster=client) as first, Runtime(cluster=client) as second:
+        first.load(proto, ratios=(0.5, 0.5), name="a")
+        assert first.executor.shipped_bytes > 0
+        other = second.load(proto, ratios=(0.5, 0.5), name="b")
+        assert second.executor.shipped_bytes == 0, "the hosts had these stages already"
+        first.unload("a")  # the second runtime still uses the same stages on the same hosts
+        assert_same(other.infer(feeds, timeout=60), want)

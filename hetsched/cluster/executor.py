@@ -124,6 +124,7 @@ class DaskExecutor:
         # task id -> (address, the staging call, the input names it sends): inputs prefetched
         self._staged: dict[int, tuple[str, Future[bool], list[str]]] = {}
         self.prefetched = 0  # tasks whose inputs were sent ahead while their worker was busy
+        self.shipped_bytes = 0  # part models sent to hosts (each host receives a stage once)
         self._events: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._stopping = threading.Event()
 
@@ -197,6 +198,7 @@ class DaskExecutor:
         answer = await host.hetsched_load(owner=self.owner, stages=ids, models={})
         if answer["status"] == "ok" and answer["missing"]:
             blobs = {stage.stage: stage.model_bytes for stage in stages if stage.stage in answer["missing"]}
+            self.shipped_bytes += sum(len(blob) for blob in blobs.values())
             answer = await host.hetsched_load(owner=self.owner, stages=list(blobs), models=blobs)
         if answer["status"] != "ok":
             raise RemoteTaskError(f"creating sessions on {address} failed: {answer['error']}")

@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 
 PLUGIN_NAME = "hetsched"
 WIDE = -1  # the lane whose sessions use every thread of the Dask worker
+STALE_S = 600.0  # a request's kept tensors outlive any request by far after this long
+SWEEP_S = 60.0
 HANDLERS = ("load", "unload", "run", "stage", "get", "free", "echo", "pull", "blob")
 
 
@@ -87,6 +89,8 @@ class HetschedHost(WorkerPlugin):
         self.sessions: dict[tuple[str, int], Any] = {}  # (stage, intra-op threads) -> session
         self.owners: dict[str, set[str]] = {}  # stage -> runtimes that loaded it
         self.data: dict[str, dict[str, np.ndarray]] = {}  # request (job key) -> tensors kept
+        self.kept_since: dict[str, float] = {}  # request -> when its first tensor was kept
+        self.swept = time.monotonic()
         for handler in HANDLERS:
             worker.handlers[f"hetsched_{handler}"] = getattr(self, handler)
         log.info("hetsched host on %s: %d thread(s)", worker.address, self.threads)
@@ -175,7 +179,7 @@ class HetschedHost(WorkerPlugin):
         compute_s = time.perf_counter() - start
         produced = dict(zip(outputs, results))
         if keep:
-            self.data.setdefault(job, {}).update({name: produced[name] for name in keep})
+            self._keep(job, {name: produced[name] for name in keep})
         return {
             "status": "ok",
             "compute_s": compute_s,
@@ -214,8 +218,23 @@ class HetschedHost(WorkerPlugin):
         lost = await self._fetch(job, fetch, values, transfers)
         if lost:
             return lost
-        self.data.setdefault(job, {}).update(values)
+        self._keep(job, values)
         return {"status": "ok", "transfers": transfers}
+
+    def _keep(self, job: str, values: dict[str, np.ndarray]) -> None:
+        """Keep a request's tensors until the runtime frees them; those of a runtime that vanished
+        without freeing (its process died) are dropped after STALE_S."""
+        now = time.monotonic()
+        self.data.setdefault(job, {}).update(values)
+        self.kept_since.setdefault(job, now)
+        if now - self.swept > SWEEP_S:
+            self.swept = now
+            for stale in [j for j, since in self.kept_since.items() if now - since > STALE_S]:
+                log.warning(
+                    "dropping tensors of %s, kept %.0f s and never freed", stale, now - self.kept_since[stale]
+                )
+                self.data.pop(stale, None)
+                self.kept_since.pop(stale, None)
 
     async def get(self, job: str, names: list[str]) -> dict[str, Any]:
         kept = self.data.get(job, {})
@@ -225,6 +244,7 @@ class HetschedHost(WorkerPlugin):
 
     async def free(self, job: str) -> dict[str, Any]:
         self.data.pop(job, None)
+        self.kept_since.pop(job, None)
         return {"status": "ok"}
 
     # -- calibration ----------------------------------------------------------------------------
