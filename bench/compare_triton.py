@@ -6,7 +6,7 @@ core, each at its best batch size: the sum of per-core isolated throughputs),
 then for each server configuration start the server, warm it up, and offer
 Poisson load at fractions of that limit.  Triton runs the ONNX file through its
 Python backend with ONNX Runtime (its native ONNX Runtime backend is not on
-PyPI; see bench/triton_server.py) in the static configurations a Triton user
+PyPI; see hetsched/tritonserver.py) in the static configurations a Triton user
 picks from — one instance with every core (latency), one instance per core
 (throughput), the same with its dynamic batcher — and hetsched runs as
 ``hetsched serve`` does by default, which adapts between the two.
@@ -57,7 +57,7 @@ class ServerSetup:
 
 
 def setups(cores: int) -> list[ServerSetup]:
-    from triton_server import TritonConfig
+    from hetsched.tritonserver import TritonConfig
 
     made = [
         ServerSetup("hetsched", "hetsched (default)"),
@@ -125,7 +125,7 @@ def run_setup(
             (repository / name / "config.pbtxt").write_text(setup.config_pbtxt)
         with DaemonProcess(repository, perfmodel_dir=scratch / "perfmodels") as daemon:
             return sweep(f"grpc://{daemon.grpc}", name, rates, duration_s)
-    from triton_server import TritonServer
+    from hetsched.tritonserver import TritonServer
 
     server = TritonServer({name: model_path}, setup.triton, workdir=scratch / f"triton-{time.time_ns()}")
     try:
@@ -266,7 +266,7 @@ def main() -> int:
         help="offered rates as fractions of the machine limit",
     )
     args = parser.parse_args()
-    from triton_server import triton_available
+    from hetsched.tritonserver import triton_available
 
     missing = triton_available()
     if missing:

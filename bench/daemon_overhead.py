@@ -11,7 +11,7 @@ writes bench/results/daemon_overhead.json and its section of bench/RESULTS.md.
 
     PYTHONPATH=.:bench python bench/daemon_overhead.py [--requests 2000] [--rounds 3]
 
-With the bench extra installed, a real Triton (bench/triton_server.py: its Python
+With the bench extra installed, a real Triton (hetsched/tritonserver.py: its Python
 backend running ONNX Runtime on the same file) is measured the same way beside it.
 """
 
@@ -156,7 +156,8 @@ def _start_triton(scratch: Path, model_path: Path) -> tuple[Any, tuple[Any, Any]
     """A real Triton serving the same file (1 instance, 1 thread, no batching), or None without one."""
     import tritonclient.grpc as grpcclient
     import tritonclient.http as httpclient
-    from triton_server import TritonConfig, TritonServer, triton_available
+
+    from hetsched.tritonserver import TritonConfig, TritonServer, triton_available
 
     missing = triton_available()
     if missing:

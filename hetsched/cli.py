@@ -22,7 +22,8 @@ log = logging.getLogger("hetsched")
 def _cmd_demo(args: argparse.Namespace) -> int:
     from hetsched.demo import format_report, run_demo
 
-    report = run_demo(args.model, args.ratios, args.batch, args.out, progress=ProgressBar)
+    report = run_demo(args.model, args.ratios, args.batch, args.out, args.seconds, not args.no_triton,
+                      progress=ProgressBar)
     print(format_report(report))
     return 0 if report.max_abs_diff <= 1e-4 else 1
 
@@ -215,6 +216,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--ratios", default="0.8,0.2")
     demo.add_argument("--batch", type=_positive_int, default=1)
     demo.add_argument("--out", help="directory for the plan and parts (default: a temporary one)")
+    demo.add_argument("--seconds", type=float, default=5.0,
+                      help="load per server: half of it one request at a time, then all of it loaded")
+    demo.add_argument("--no-triton", action="store_true", help="skip Triton even when it is installed")
     demo.set_defaults(run=_cmd_demo)
 
     zoo = sub.add_parser("zoo", help="write a zoo model (standard architecture, random weights)")

@@ -90,3 +90,16 @@ def test_costs_of_another_model_are_refused(model_file: Path, tmp_path: Path) ->
     result = hetsched("partition", str(model_file), "--ratios", "0.5,0.5", "--out", str(tmp_path),
                       "--costs", str(costs))
     assert_one_line_error(result, "another model", "hetsched profile")
+
+
+def test_demo_runs_the_main_job_end_to_end(tmp_path: Path) -> None:
+    """Build, profile, partition, check, then plain ORT, the runtime and the daemon under load."""
+    result = hetsched("demo", "--model", "lenet5", "--ratios", "0.5,0.5", "--seconds", "0.6", "--no-triton",
+                      "--out", str(tmp_path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "[OK]" in out and "(Triton skipped: --no-triton)" in out
+    rows = {line.split("  ")[0] for line in out.splitlines()}
+    assert {"plain ONNX Runtime", "hetsched.Runtime (0.5,0.5)", "hetsched serve (0.5,0.5)"} <= rows
+    assert (tmp_path / "plan" / "plan.json").is_file() and (tmp_path / "repository" / "lenet5").is_dir()
+    assert "plot: " in out or "(plot skipped" in out

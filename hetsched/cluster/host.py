@@ -131,6 +131,7 @@ class HetschedHost(WorkerPlugin):
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # lanes share cores
         return ort.InferenceSession(self.models[stage], options, providers=["CPUExecutionProvider"])
 
     async def unload(self, owner: str, stages: list[str]) -> dict[str, Any]:
