@@ -124,6 +124,9 @@ class DaskExecutor:
         # task id -> (address, the staging call, the input names it sends): inputs prefetched
         self._staged: dict[int, tuple[str, Future[bool], list[str]]] = {}
         self.prefetched = 0  # tasks whose inputs were sent ahead while their worker was busy
+        self.prefetch_min_s: float | None = (
+            None  # send inputs ahead past this transfer time (None: RPC latency)
+        )
         self.shipped_bytes = 0  # part models sent to hosts (each host receives a stage once)
         self._events: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._stopping = threading.Event()
@@ -238,16 +241,20 @@ class DaskExecutor:
     def prefetch(self, task: Task, worker: WorkerSpec) -> None:
         """The policy chose ``worker`` for ``task`` (dmda: at once, while the worker may still be busy).
 
-        If the worker is busy, its inputs are sent now — arrays from here, kept tensors pulled by
-        the worker from their peers — so the transfer overlaps the running task and the task starts
-        on local data.  An idle worker gets them with the task instead (one round trip, not two).
+        If the worker is busy and moving the inputs takes longer than the extra round trip a
+        separate send costs, they are sent now — arrays from here, kept tensors pulled by the worker
+        from their peers — so the transfer overlaps the running task and the task starts on local
+        data.  Otherwise they go with the task (one round trip, not two).
         """
         address = self._address(worker)
         with self._lock:
             if address not in self._workers or not any(w.overlaps(worker) for w in self._busy.values()):
                 return
-        inline, _, fetch = self._inputs(self._task_io(task), address)
-        if not inline and not fetch:
+        io = self._task_io(task)
+        inline, _, fetch = self._inputs(io, address)
+        moves = [(CLIENT_NODE, int(value.nbytes)) for value in inline.values()]
+        moves += [(memory_node(peer), io.values[n].nbytes) for peer, names in fetch.items() for n in names]
+        if not moves or not self._worth_sending_ahead(moves, worker.memory_node):
             return
         key = self._job_key(task.job)
         staging = asyncio.run_coroutine_threadsafe(self._stage(address, key, inline, fetch), self._loop)
@@ -259,6 +266,19 @@ class DaskExecutor:
             )
             self._held.setdefault(id(task.job), set()).add(address)
             self.prefetched += 1
+
+    def _worth_sending_ahead(self, moves: list[tuple[str, int]], destination: str) -> bool:
+        """Whether the bytes take longer on their links (the bandwidth term) than one more round trip
+        (the links' latency, or ``prefetch_min_s`` when set)."""
+        seconds, latency = 0.0, 0.0
+        for source, nbytes in moves:
+            link = self.bus.link(source, destination)
+            if link is None:
+                return True  # not measured: assume the network is slow
+            link_latency, bandwidth = link.fitted()
+            seconds += nbytes / bandwidth
+            latency = max(latency, link_latency)
+        return seconds > (latency if self.prefetch_min_s is None else self.prefetch_min_s)
 
     async def _stage(
         self, address: str, job: str, inline: dict[str, Any], fetch: dict[str, list[str]]
