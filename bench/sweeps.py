@@ -57,7 +57,8 @@ def configurations(sweep: str, cores: int) -> dict[str, str]:
     if sweep == "groups":
         return {spec: param("workers", spec) for spec in (f"1x{cores}", f"{cores}x1", "1x1")}
     if sweep == "batch":
-        return {f"max batch {n}": f"max_batch_size: {0 if n == 1 else n}\n" for n in (1, 2, 4, 8)}
+        return {f"max batch {n}": f"max_batch_size: {n}\ndynamic_batching {{ }}\n" if n > 1
+                else "max_batch_size: 0\n" for n in (1, 2, 4, 8)}
     raise SystemExit(f"unknown sweep {sweep!r}: ratios, groups or batch")
 
 

@@ -171,7 +171,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         model_repository=args.model_repository, host=args.host, http_port=args.http_port,
         grpc_port=args.grpc_port, metrics_port=args.metrics_port, workers=args.workers, policy=args.policy,
         perfmodel_dir=args.perfmodel_dir, max_body_bytes=args.max_body_bytes, admin_header=args.admin_header,
-        dask_scheduler=args.dask_scheduler))
+        dask_scheduler=args.dask_scheduler, trace_file=args.trace_file))
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
@@ -196,6 +196,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--dask-scheduler", metavar="ADDRESS", default=None,
                        help="run the models on this Dask cluster's workers (e.g. tcp://host:8786) instead "
                        "of this machine's cores; needs hetsched installed on every worker")
+    serve.add_argument("--trace-file", metavar="FILE", default=None,
+                       help="record every task (worker, start, end) and request; write a Chrome trace "
+                       "(opens in Perfetto) there on stop")
     serve.set_defaults(run=_cmd_serve)
 
 

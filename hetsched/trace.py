@@ -65,7 +65,8 @@ class TraceRecorder:
         return spans
 
     def chrome_trace(self) -> dict[str, Any]:
-        """Complete ("X") events, one row per worker, times in microseconds from the first event."""
+        """Complete ("X") events, one row per worker, and one async slice per request from its
+        arrival (its tasks' submission) to its last task's end; microseconds from the first event."""
         events = self.events()  # one snapshot: tracing may go on meanwhile
         spans = self._spans(events)
         origin = min((e.when_s for e in events), default=0.0)
@@ -76,11 +77,36 @@ class TraceRecorder:
             for name, i in tid.items()
         ]
         for start, end in spans:
-            trace.append({
-                "ph": "X", "pid": 1, "tid": tid[start.worker or ""], "name": f"{start.job} part {start.part}",
-                "ts": (start.when_s - origin) * 1e6, "dur": (end.when_s - start.when_s) * 1e6,
-                "args": {"task": start.task_id, "status": end.event},
-            })
+            trace.append(
+                {
+                    "ph": "X",
+                    "pid": 1,
+                    "tid": tid[start.worker or ""],
+                    "name": f"{start.job} part {start.part}",
+                    "ts": (start.when_s - origin) * 1e6,
+                    "dur": (end.when_s - start.when_s) * 1e6,
+                    "args": {"task": start.task_id, "status": end.event},
+                }
+            )
+        arrived: dict[str, float] = {}
+        ended: dict[str, float] = {}
+        for event in events:
+            if event.event == "submit":
+                arrived.setdefault(event.job, event.when_s)
+            elif event.event in ("end", "fail"):
+                ended[event.job] = max(ended.get(event.job, event.when_s), event.when_s)
+        for number, job in enumerate(j for j in arrived if j in ended):
+            for phase, when in (("b", arrived[job]), ("e", ended[job])):
+                trace.append(
+                    {
+                        "ph": phase,
+                        "cat": "request",
+                        "name": job,
+                        "id": number,
+                        "pid": 1,
+                        "ts": (when - origin) * 1e6,
+                    }
+                )
         return {"traceEvents": trace, "displayTimeUnit": "ms"}
 
     def save(self, path: str | Path) -> None:
@@ -94,5 +120,7 @@ class TraceRecorder:
         busy: dict[str, list[float]] = defaultdict(list)
         for start, end in spans:
             busy[start.worker or "?"].append(end.when_s - start.when_s)
-        return [WorkerSummary(w, len(t), sum(t), sum(t) / span_s if span_s > 0 else 0.0)
-                for w, t in sorted(busy.items())]
+        return [
+            WorkerSummary(w, len(t), sum(t), sum(t) / span_s if span_s > 0 else 0.0)
+            for w, t in sorted(busy.items())
+        ]

@@ -42,6 +42,7 @@ import sys
 import sysconfig
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -284,7 +285,8 @@ class TritonServer:
     """
 
     def __init__(self, models: dict[str, Path], config: TritonConfig = TritonConfig(),
-                 workdir: Path | None = None, start_timeout_s: float = START_TIMEOUT_S) -> None:
+                 workdir: Path | None = None, start_timeout_s: float = START_TIMEOUT_S,
+                 extra_args: Sequence[str] = ()) -> None:
         self.config = config
         self._scratch: tempfile.TemporaryDirectory[str] | None = None
         if workdir is None:
@@ -306,6 +308,7 @@ class TritonServer:
             f"--http-port={http}",
             f"--grpc-port={grpc}",
             f"--metrics-port={metrics}",
+            *extra_args,  # e.g. --trace-config settings
         ]
         if config.kind == "KIND_CPU":  # pinned host memory speeds GPU copies only; without CUDA it fails
             command.append("--pinned-memory-pool-byte-size=0")

@@ -124,9 +124,8 @@ class DaskExecutor:
         # task id -> (address, the staging call, the input names it sends): inputs prefetched
         self._staged: dict[int, tuple[str, Future[bool], list[str]]] = {}
         self.prefetched = 0  # tasks whose inputs were sent ahead while their worker was busy
-        self.prefetch_min_s: float | None = (
-            None  # send inputs ahead past this transfer time (None: RPC latency)
-        )
+        # inputs go ahead when they take longer than this to move (None: the link's round trip)
+        self.prefetch_min_s: float | None = None
         self.shipped_bytes = 0  # part models sent to hosts (each host receives a stage once)
         self._events: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._stopping = threading.Event()

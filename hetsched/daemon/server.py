@@ -41,6 +41,7 @@ class ServeOptions:
     max_body_bytes: int = 1 << 30
     admin_header: str | None = None
     dask_scheduler: str | None = None  # serve on this Dask cluster's workers instead of local cores
+    trace_file: str | None = None  # write every task's trace there (Chrome JSON) when stopping
 
 
 def serve(options: ServeOptions) -> int:
@@ -58,6 +59,7 @@ async def _serve(options: ServeOptions) -> int:
         options.policy,
         options.perfmodel_dir or str(default_dir()),
         cluster=options.dask_scheduler,
+        trace_file=options.trace_file,
     )  # the history persists
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

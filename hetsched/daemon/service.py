@@ -109,8 +109,10 @@ class InferenceService:
         policy: str = "dmda",
         perfmodel_dir: str | None = None,
         cluster: str | None = None,
+        trace_file: str | None = None,
     ) -> None:
         self.repository = repository
+        self.trace_file = trace_file  # every task's trace, written there (Chrome JSON) on close
         self.cluster = cluster  # a Dask scheduler address: its workers run the models
         self.workers = workers
         self.policy = policy
@@ -298,6 +300,17 @@ class InferenceService:
             self.served = {}
         for runtime in self.runtimes.values():
             runtime.close()
+        if self.trace_file:
+            self._save_traces(Path(self.trace_file))
+
+    def _save_traces(self, path: Path) -> None:
+        """One Chrome trace per runtime (a second runtime's file is named after its workers and policy)."""
+        for index, ((workers, policy), runtime) in enumerate(sorted(self.runtimes.items())):
+            if runtime.tracer is None:
+                continue
+            target = path if index == 0 else path.with_name(f"{path.stem}-{workers}-{policy}{path.suffix}")
+            runtime.tracer.save(target)
+            log.info("trace of %d task events written to %s", len(runtime.tracer.events()), target)
 
     def _load_version(self, source: ModelSource, version: str, path: Path) -> ServedModel:
         name, config = source.name, source.config
@@ -397,6 +410,7 @@ class InferenceService:
                 perfmodel_dir=self.perfmodel_dir,
                 instruments=[self.task_stats],
                 cluster=self.cluster,
+                trace=self.trace_file is not None,
             )
         return self.runtimes[key]
 

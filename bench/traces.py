@@ -1,0 +1,195 @@
+"""Traces of hetsched and Triton under the same open-loop load: where each request's time goes.
+
+One model, one offered rate (a fraction of hetsched's closed-loop capacity, measured first), the same
+Poisson schedule through ``tritonclient`` gRPC (bench/load.py) against:
+
+- ``hetsched serve --trace-file``: a Chrome trace (open it in Perfetto: one row per worker, each
+  task a slice, each request an async slice from its arrival to its answer), per-worker busy share;
+- Triton (``hetsched.tritonserver``, Python backend running ONNX Runtime) in each static config,
+  with its trace API at level TIMESTAMPS for every request.
+
+From both: per request, the time waiting in the server's queue (hetsched: arrival to its first
+task's start; Triton: QUEUE_START to COMPUTE_START) and computing (hetsched: the sum of its tasks;
+Triton: COMPUTE_START to COMPUTE_END), medians and p99, beside the client's latency.  Writes the
+traces and bench/results/traces.json to bench/results/ and its section of bench/RESULTS.md.
+
+    PYTHONPATH=.:bench python bench/traces.py [--model googlenet] [--fraction 0.8] [--duration 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+from collections import defaultdict
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from load import Target, closed_loop, open_loop
+from results_md import write_section
+
+from hetsched import zoo
+from hetsched.daemon.process import DaemonProcess
+
+HERE = Path(__file__).parent
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"median_ms": float("nan"), "p99_ms": float("nan"), "count": 0}
+    array = np.array(values) * 1e3
+    return {
+        "median_ms": float(np.median(array)),
+        "p99_ms": float(np.percentile(array, 99)),
+        "count": len(values),
+    }
+
+
+def hetsched_breakdown(trace: dict[str, Any]) -> dict[str, Any]:
+    """Queue and compute per request, and busy share per worker, from our Chrome trace."""
+    events = trace["traceEvents"]
+    names = {e["tid"]: e["args"]["name"] for e in events if e["ph"] == "M"}
+    arrived = {e["name"]: e["ts"] for e in events if e["ph"] == "b"}
+    answered = {e["name"]: e["ts"] for e in events if e["ph"] == "e"}
+    first_start: dict[str, float] = {}
+    compute: dict[str, float] = defaultdict(float)
+    busy: dict[str, float] = defaultdict(float)
+    for e in events:
+        if e["ph"] == "X":
+            job = e["name"].rsplit(" part ", 1)[0]
+            first_start[job] = min(first_start.get(job, e["ts"]), e["ts"])
+            compute[job] += e["dur"]
+            busy[names[e["tid"]]] += e["dur"]
+    jobs = [j for j in arrived if j in answered and j in first_start]
+    span = max(answered.values(), default=0) - min(arrived.values(), default=0)
+    return {
+        "queue": _stats([(first_start[j] - arrived[j]) / 1e6 for j in jobs]),
+        "compute": _stats([compute[j] / 1e6 for j in jobs]),
+        "in_server": _stats([(answered[j] - arrived[j]) / 1e6 for j in jobs]),
+        "busy_share": {w: t / span for w, t in sorted(busy.items())} if span > 0 else {},
+    }
+
+
+def triton_breakdown(path: Path) -> dict[str, Any]:
+    """Queue and compute per request from Triton's TIMESTAMPS trace (entries of one id may be split)."""
+    stamps: dict[int, dict[str, int]] = defaultdict(dict)
+    for entry in json.loads(path.read_text() or "[]"):
+        for stamp in entry.get("timestamps", []):
+            stamps[entry["id"]][stamp["name"]] = int(stamp["ns"])
+
+    def between(first: str, last: str) -> list[float]:
+        return [(s[last] - s[first]) / 1e9 for s in stamps.values() if first in s and last in s]
+
+    return {
+        "queue": _stats(between("QUEUE_START", "COMPUTE_START")),
+        "compute": _stats(between("COMPUTE_START", "COMPUTE_END")),
+        "in_server": _stats(between("REQUEST_START", "REQUEST_END")),
+    }
+
+
+def run(model_name: str, fraction: float, duration: float) -> dict[str, Any]:
+    from hetsched.tritonserver import TritonConfig, TritonServer, triton_available
+
+    cores = len(os.sched_getaffinity(0))
+    proto = zoo.build(model_name)
+    results: dict[str, Any] = {"model": model_name, "cores": cores, "fraction": fraction, "servers": {}}
+    (HERE / "results").mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory() as scratch:
+        repository = Path(scratch) / "repository"
+        (repository / model_name / "1").mkdir(parents=True)
+        model_path = repository / model_name / "1" / "model.onnx"
+        onnx.save_model(proto, str(model_path))
+        trace_path = HERE / "results" / f"trace_hetsched_{model_name}.json"
+        with DaemonProcess(
+            repository, "--trace-file", str(trace_path), perfmodel_dir=Path(scratch) / "perf"
+        ) as d:
+            target = Target(f"grpc://{d.grpc}", model_name)
+            capacity = closed_loop(target, 2 * cores, duration).achieved_rate
+            rate = fraction * capacity
+            load = open_loop(target, rate, duration)
+        results.update(capacity=capacity, rate=rate)
+        results["servers"]["hetsched"] = {
+            "client": {"p50_ms": load.p50_ms, "p99_ms": load.p99_ms, "achieved": load.achieved_rate},
+            **hetsched_breakdown(json.loads(trace_path.read_text())),
+            "trace": str(trace_path.relative_to(HERE.parent)),
+        }
+        missing = triton_available()
+        if missing:
+            results["triton_missing"] = missing
+            return results
+        for config in (TritonConfig(1, cores), TritonConfig(cores, 1)):
+            workdir = Path(scratch) / config.label().replace(" ", "_")
+            workdir.mkdir()
+            raw = workdir / "trace.json"
+            extra = [
+                "--trace-config",
+                f"triton,file={raw}",
+                "--trace-config",
+                "level=TIMESTAMPS",
+                "--trace-config",
+                "rate=1",
+                "--trace-config",
+                "count=-1",
+            ]
+            with TritonServer({model_name: model_path}, config, workdir, extra_args=extra) as server:
+                load = open_loop(Target(f"grpc://{server.grpc}", model_name), rate, duration)
+            kept = HERE / "results" / f"trace_{config.label().replace(' ', '_')}_{model_name}.json"
+            shutil.copyfile(raw, kept)
+            results["servers"][config.label()] = {
+                "client": {"p50_ms": load.p50_ms, "p99_ms": load.p99_ms, "achieved": load.achieved_rate},
+                **triton_breakdown(raw),
+                "trace": str(kept.relative_to(HERE.parent)),
+            }
+    return results
+
+
+def report(results: dict[str, Any], args: argparse.Namespace) -> str:
+    lines = [
+        "## Traces under the same load (bench/traces.py)",
+        "",
+        f"`PYTHONPATH=.:bench python bench/traces.py --model {args.model} --fraction {args.fraction} "
+        f"--duration {args.duration}` on {platform.node()} ({results['cores']} cores), "
+        f"{date.today().isoformat()}. "
+        f"{results['model']}, batch 1, Poisson at {results['rate']:.1f} req/s ({results['fraction']:.0%} of "
+        f"hetsched's closed-loop capacity {results['capacity']:.1f} req/s), tritonclient gRPC. Per request, "
+        "median / p99 ms: client latency, time in the server, queued (waiting for a worker), computing.",
+        "",
+        "| server | client | in server | queued | computing | trace |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for label, row in results["servers"].items():
+        cells = [f"{row['client']['p50_ms']:.0f} / {row['client']['p99_ms']:.0f}"]
+        cells += [
+            f"{row[k]['median_ms']:.1f} / {row[k]['p99_ms']:.1f}" for k in ("in_server", "queue", "compute")
+        ]
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | `{row['trace']}` |")
+    busy = results["servers"]["hetsched"]["busy_share"]
+    lines += ["", "hetsched workers' busy share: " + ", ".join(f"{w} {s:.0%}" for w, s in busy.items()) + "."]
+    if "triton_missing" in results:
+        lines.append(f"No Triton rows: {results['triton_missing']}.")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="googlenet")
+    parser.add_argument("--fraction", type=float, default=0.8, help="of hetsched's closed-loop capacity")
+    parser.add_argument("--duration", type=float, default=10.0)
+    args = parser.parse_args()
+    results = run(args.model, args.fraction, args.duration)
+    (HERE / "results" / "traces.json").write_text(json.dumps(results, indent=2) + "\n")
+    text = report(results, args)
+    print(text)
+    write_section(text, HERE / "RESULTS.md", "traces")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

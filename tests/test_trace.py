@@ -1,0 +1,85 @@
+"""Traces on a simulated platform (exact times): Chrome trace slices per worker, one async slice per
+request, and the per-worker summary; and `hetsched serve --trace-file` writing one on stop."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from daemon_process import add_zoo_model
+
+from hetsched.clock import FakeClock
+from hetsched.daemon.process import DaemonProcess
+from hetsched.perf import TableOracle
+from hetsched.policies import make_policy
+from hetsched.scheduler import Scheduler
+from hetsched.simulate import SimulatedExecutor, table_duration
+from hetsched.task import Job, Task, WorkerSpec
+from hetsched.trace import TraceRecorder
+
+WORKERS = [WorkerSpec("a", "cpu:1t", "host:0", (0,)), WorkerSpec("b", "cpu:1t", "host:0", (1,))]
+
+
+def traced_run() -> TraceRecorder:
+    """Three two-part requests (parts of 2 s then 1 s) submitted at t=0 on two one-core workers."""
+    clock = FakeClock()
+    table = {("s0", "cpu:1t"): 2.0, ("s1", "cpu:1t"): 1.0}
+    executor = SimulatedExecutor(clock, table_duration(table))
+    recorder = TraceRecorder()
+    scheduler = Scheduler(make_policy("eager"), WORKERS, clock=clock, executor=executor,
+                          perf=TableOracle(table), instruments=[recorder])
+    executor.scheduler = scheduler
+    for i in range(3):
+        job = Job(f"r{i}", [[], [0]])
+        job.tasks = [Task(stage, part, job, "x=1", 1) for part, stage in enumerate(("s0", "s1"))]
+        scheduler.submit(job)
+    executor.run()
+    return recorder
+
+
+def test_chrome_trace_has_a_slice_per_task_and_an_async_slice_per_request() -> None:
+    trace = traced_run().chrome_trace()
+    events = trace["traceEvents"]
+    rows = {e["args"]["name"] for e in events if e["ph"] == "M"}
+    slices = [e for e in events if e["ph"] == "X"]
+    assert rows == {"a", "b"} and len(slices) == 6
+    assert sorted(e["dur"] for e in slices) == pytest.approx([1e6] * 3 + [2e6] * 3)
+    begins = {e["name"]: e["ts"] for e in events if e["ph"] == "b"}
+    ends = {e["name"]: e["ts"] for e in events if e["ph"] == "e"}
+    assert set(begins) == set(ends) == {"r0", "r1", "r2"}
+    assert all(begins[job] == 0 for job in begins)  # every request arrived at t=0
+    for job, end in ends.items():  # a request ends with its last task
+        mine = [e["ts"] + e["dur"] for e in slices if e["name"].startswith(f"{job} ")]
+        assert end == pytest.approx(max(mine))
+    assert max(ends.values()) == pytest.approx(5e6)  # 3 x (2 + 1) s of work on two workers
+    json.dumps(trace)  # what Perfetto reads
+
+
+def test_summary_gives_each_workers_busy_time() -> None:
+    summary = {row.worker: row for row in traced_run().summary()}
+    assert sum(row.tasks for row in summary.values()) == 6
+    assert sum(row.busy_s for row in summary.values()) == pytest.approx(9.0)
+    assert all(0 < row.utilization <= 1 for row in summary.values())
+
+
+def test_the_daemon_writes_its_trace_on_stop(tmp_path: Path) -> None:
+    import tritonclient.grpc as grpcclient
+
+    add_zoo_model(tmp_path / "repository", "lenet5", "lenet5",
+                  'parameters { key: "hetsched.ratios" value { string_value: "0.5,0.5" } }')
+    trace_file = tmp_path / "trace.json"
+    server = DaemonProcess(tmp_path / "repository", "--trace-file", str(trace_file),
+                           perfmodel_dir=tmp_path / "p")
+    client = grpcclient.InferenceServerClient(server.grpc)
+    request = grpcclient.InferInput("input", [1, 1, 32, 32], "FP32")
+    request.set_data_from_numpy(np.zeros((1, 1, 32, 32), np.float32))
+    for _ in range(3):
+        client.infer("lenet5", [request])
+    client.close()
+    assert server.stop() == 0, server.text()[-2000:]
+    events = json.loads(trace_file.read_text())["traceEvents"]
+    requests = {e["name"] for e in events if e["ph"] == "b"}
+    assert len(requests) >= 3  # the warm-up's requests are traced too
+    assert sum(e["ph"] == "X" for e in events) == 2 * len(requests)
