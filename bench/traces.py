@@ -107,13 +107,14 @@ def run(model_name: str, fraction: float, duration: float) -> dict[str, Any]:
         model_path = repository / model_name / "1" / "model.onnx"
         onnx.save_model(proto, str(model_path))
         trace_path = HERE / "results" / f"trace_hetsched_{model_name}.json"
-        with DaemonProcess(
-            repository, "--trace-file", str(trace_path), perfmodel_dir=Path(scratch) / "perf"
-        ) as d:
-            target = Target(f"grpc://{d.grpc}", model_name)
-            capacity = closed_loop(target, 2 * cores, duration).achieved_rate
-            rate = fraction * capacity
-            load = open_loop(target, rate, duration)
+        perf = Path(scratch) / "perf"
+        with DaemonProcess(repository, perfmodel_dir=perf) as daemon:  # untraced: its capacity sets the rate
+            capacity = closed_loop(
+                Target(f"grpc://{daemon.grpc}", model_name), 2 * cores, duration
+            ).achieved_rate
+        rate = fraction * capacity
+        with DaemonProcess(repository, "--trace-file", str(trace_path), perfmodel_dir=perf) as daemon:
+            load = open_loop(Target(f"grpc://{daemon.grpc}", model_name), rate, duration)
         results.update(capacity=capacity, rate=rate)
         results["servers"]["hetsched"] = {
             "client": {"p50_ms": load.p50_ms, "p99_ms": load.p99_ms, "achieved": load.achieved_rate},
@@ -159,7 +160,11 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
         f"{date.today().isoformat()}. "
         f"{results['model']}, batch 1, Poisson at {results['rate']:.1f} req/s ({results['fraction']:.0%} of "
         f"hetsched's closed-loop capacity {results['capacity']:.1f} req/s), tritonclient gRPC. Per request, "
-        "median / p99 ms: client latency, time in the server, queued (waiting for a worker), computing.",
+        "median / p99 ms: client latency, time in the server, queued (waiting for a worker), computing. "
+        "hetsched's trace starts a request when its batch reaches the scheduler: the wait in the dynamic "
+        "batcher before that (and the gRPC hops) is the client's latency minus 'in server'; its trace "
+        "also holds the ~30 warm-up requests of the model's load. A Triton request is one client "
+        "request; a hetsched one is a batch of them.",
         "",
         "| server | client | in server | queued | computing | trace |",
         "|---|---:|---:|---:|---:|---|",
