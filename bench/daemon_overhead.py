@@ -34,7 +34,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
-from results_md import write_section
+from results_md import package_version, write_section
 
 import hetsched
 from hetsched.daemon.process import DaemonProcess
@@ -181,9 +181,9 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
         f"{platform.node()} ({os.cpu_count()} cores, {platform.processor() or platform.machine()}), "
         f"{date.today().isoformat()}. A {WIDTH}x{WIDTH} two-MatMul model, batch 1, one request at a time, "
         f"{args.rounds} interleaved rounds of {args.requests} requests per path; `tritonclient` "
-        f"{_version('tritonclient')} against `hetsched serve` on loopback (no dynamic batcher) and, when "
-        "installed, a real Triton 2.51 (`nvidia-pytriton`; its Python backend running ONNX Runtime on the "
-        "same file, 1 instance, 1 thread). Both servers share the 2 cores with the client.",
+        f"{package_version('tritonclient')} against `hetsched serve` on loopback (no dynamic batcher) and, "
+        "when installed, a real Triton 2.51 (`nvidia-pytriton`; its Python backend running ONNX Runtime on "
+        "the same file, 1 instance, 1 thread). Both servers share the 2 cores with the client.",
         "",
         "| path | median µs | p99 µs | overhead over in-process (median) µs |",
         "|---|---:|---:|---:|",
@@ -198,12 +198,6 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
         f"({grpc:.0f} µs).",
     ]
     return "\n".join(lines)
-
-
-def _version(package: str) -> str:
-    from importlib.metadata import version
-
-    return version(package)
 
 
 def main() -> int:

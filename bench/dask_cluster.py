@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 from daemon_overhead import WIDTH, tiny_model
 from dask_processes import DaskProcesses
-from results_md import write_section
+from results_md import package_version, write_section
 
 import hetsched
 from hetsched import zoo
@@ -261,7 +261,7 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
         "",
         f"`PYTHONPATH=.:bench python bench/dask_cluster.py {command}` "
         f"on {platform.node()} ({os.cpu_count()} cores), {date.today().isoformat()}; distributed "
-        f"{_version('distributed')}, a Dask scheduler and single-thread "
+        f"{package_version('distributed')}, a Dask scheduler and single-thread "
         "`dask worker --no-nanny` processes on this machine (bench/dask_processes.py).",
         "",
         "Per request, one at a time (tiny model, medians of "
@@ -309,12 +309,6 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
         "balancer). Plot: bench/results/dask_scaling.png.",
     ]
     return "\n".join(lines)
-
-
-def _version(package: str) -> str:
-    from importlib.metadata import version
-
-    return version(package)
 
 
 def main() -> int:

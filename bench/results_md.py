@@ -15,3 +15,10 @@ def write_section(text: str, results: Path, marker: str) -> None:
     else:
         old = old.rstrip() + "\n\n" + block + "\n"
     results.write_text(old)
+
+
+def package_version(package: str) -> str:
+    """The installed version of ``package``, for the line that says what a result was measured with."""
+    from importlib.metadata import version
+
+    return version(package)
