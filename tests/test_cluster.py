@@ -244,3 +244,16 @@ def test_part_models_travel_once_per_worker_and_runtimes_share_hosts(client: dis
         assert second.executor.shipped_bytes == 0, "the hosts had these stages already"
         first.unload("a")  # the second runtime still uses the same stages on the same hosts
         assert_same(other.infer(feeds, timeout=60), want)
+
+
+def test_inputs_go_ahead_only_when_moving_them_costs_more_than_a_round_trip() -> None:
+    from hetsched.cluster.executor import worth_sending_ahead
+    from perfmodels.transfer import BusModel
+
+    bus = BusModel()
+    bus.set_link("host:0", "worker:tcp://a:1", "network", 1e-3, 1e9)  # 1 ms + bytes / 1 GB/s
+    destination = "worker:tcp://a:1"
+    assert not worth_sending_ahead(bus, [("host:0", 600_000)], destination)  # 0.6 ms of bytes < 1 ms
+    assert worth_sending_ahead(bus, [("host:0", 600_000)] * 2, destination)  # 1.2 ms > 1 ms
+    assert worth_sending_ahead(bus, [("host:0", 1)], destination, threshold_s=0.0)
+    assert worth_sending_ahead(bus, [("worker:tcp://b:1", 10)], destination), "an unmeasured link"

@@ -90,6 +90,23 @@ def lane_of(worker: WorkerSpec) -> int:
     return int(lane) if sep else WIDE
 
 
+def worth_sending_ahead(
+    bus: BusModel, moves: list[tuple[str, int]], destination: str, threshold_s: float | None = None
+) -> bool:
+    """Whether moving ``moves`` ((source node, bytes) each) to ``destination`` takes longer on their
+    links' bandwidth than one more round trip costs (the links' latency, or ``threshold_s``): only
+    then does sending a task's inputs ahead, in a call of their own, pay."""
+    seconds, latency = 0.0, 0.0
+    for source, nbytes in moves:
+        link = bus.link(source, destination)
+        if link is None:
+            return True  # not measured: assume the network is slow
+        link_latency, bandwidth = link.fitted()
+        seconds += nbytes / bandwidth
+        latency = max(latency, link_latency)
+    return seconds > (latency if threshold_s is None else threshold_s)
+
+
 class DaskExecutor:
     """The scheduler's executor over the hetsched hosts of a Dask cluster (see the module text)."""
 
@@ -253,7 +270,7 @@ class DaskExecutor:
         inline, _, fetch = self._inputs(io, address)
         moves = [(CLIENT_NODE, int(value.nbytes)) for value in inline.values()]
         moves += [(memory_node(peer), io.values[n].nbytes) for peer, names in fetch.items() for n in names]
-        if not moves or not self._worth_sending_ahead(moves, worker.memory_node):
+        if not moves or not worth_sending_ahead(self.bus, moves, worker.memory_node, self.prefetch_min_s):
             return
         key = self._job_key(task.job)
         staging = asyncio.run_coroutine_threadsafe(self._stage(address, key, inline, fetch), self._loop)
@@ -265,19 +282,6 @@ class DaskExecutor:
             )
             self._held.setdefault(id(task.job), set()).add(address)
             self.prefetched += 1
-
-    def _worth_sending_ahead(self, moves: list[tuple[str, int]], destination: str) -> bool:
-        """Whether the bytes take longer on their links (the bandwidth term) than one more round trip
-        (the links' latency, or ``prefetch_min_s`` when set)."""
-        seconds, latency = 0.0, 0.0
-        for source, nbytes in moves:
-            link = self.bus.link(source, destination)
-            if link is None:
-                return True  # not measured: assume the network is slow
-            link_latency, bandwidth = link.fitted()
-            seconds += nbytes / bandwidth
-            latency = max(latency, link_latency)
-        return seconds > (latency if self.prefetch_min_s is None else self.prefetch_min_s)
 
     async def _stage(
         self, address: str, job: str, inline: dict[str, Any], fetch: dict[str, list[str]]
