@@ -514,14 +514,17 @@ def test_sigterm_drains_in_flight_requests_and_uploads_survive_a_restart(tmp_pat
             first.process.send_signal(signal.SIGTERM)  # the other requests are in flight
             answers = [outcome.result(timeout=120) for outcome in outcomes]
         assert first.stop() == 0
-    # Requests grpc had not handed over when SIGTERM came were never accepted: UNAVAILABLE is their answer.
+    # Requests grpc had not handed over when SIGTERM came were never accepted: a refusal is their answer.
     # Every request accepted (in flight when the daemon began stopping, by its own count) must be answered.
     in_flight = int(re.search(r"finishing the (\d+) in flight", first.text()).group(1))
     path = repository / "resnet" / "1" / "model.onnx"
     answered = [(request, result) for request, (result, error) in zip(feeds, answers) if error is None]
     refused = [error for _, error in answers if error is not None]
     assert in_flight >= 1 and len(answered) >= 1 + in_flight, first.text()[-2000:]
-    assert all(e.status() == "StatusCode.UNAVAILABLE" for e in refused), [e.message() for e in refused]
+    # Never accepted (the count above): grpc answers UNAVAILABLE, or CANCELLED for a call it had read but
+    # not handed to a handler when the server stopped (seen in a clean-clone CI run); never another error.
+    assert all(e.status() in ("StatusCode.UNAVAILABLE", "StatusCode.CANCELLED") for e in refused), [
+        (e.status(), e.message()) for e in refused]
     for request, result in answered:
         assert_matches(result, reference(path, request))
     assert "stopped" in first.text()
