@@ -17,6 +17,7 @@ from hetsched.task import Job, Task, WorkerSpec
 from perfmodels.transfer import BusModel
 
 Report = Callable[[Task, BaseException | None], None]
+CLIENT_MEMORY = "host:0"  # where a request's inputs arrive and its answers are returned
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ from hetsched.errors import (
     WorkerLostError,
 )
 from hetsched.perf import HistoryOracle
-from hetsched.platform import Platform, StageModel, TaskIO
+from hetsched.platform import CLIENT_MEMORY, Platform, StageModel, TaskIO
 from hetsched.policies import make_policy
 from hetsched.scheduler import Instrument, Scheduler
 from hetsched.task import Job, Task, WorkerSpec
@@ -60,7 +60,6 @@ log = logging.getLogger(__name__)
 Inputs = Mapping[str, np.ndarray]
 CLOSE_TIMEOUT_S = 60.0
 MAX_REQUEST_ATTEMPTS = 3  # a request whose worker died is resent at most this often in all
-CLIENT_MEMORY = "host:0"  # where a request's inputs and answers live
 JOB_SEPARATOR = "#"  # a job is named <model name>#<sequence number>
 
 

@@ -43,13 +43,12 @@ from distributed.protocol import to_serialize
 from hetsched.cluster.host import PLUGIN_NAME, WIDE, HetschedHost
 from hetsched.cluster.network import calibrate_links, memory_node
 from hetsched.errors import RemoteTaskError, UsageError, WorkerLostError
-from hetsched.platform import Report, StageModel, TaskIO
+from hetsched.platform import CLIENT_MEMORY, Report, StageModel, TaskIO
 from hetsched.task import Job, Task, WorkerSpec
 from perfmodels.transfer import BusModel
 
 log = logging.getLogger(__name__)
 
-CLIENT_NODE = "host:0"
 RUN_TIMEOUT_S = 300.0
 WATCH_INTERVAL_S = 0.5
 SUSPECT_S = 10.0  # a worker whose call failed is not taken back before this, even if still listed
@@ -154,7 +153,7 @@ class DaskExecutor:
                 f"the Dask cluster at {self.address} has no workers; "
                 "start some (dask worker <scheduler address>) and try again"
             )
-        self._sync(calibrate_links(self.client.rpc, self.bus, CLIENT_NODE, sorted(listed)))
+        self._sync(calibrate_links(self.client.rpc, self.bus, CLIENT_MEMORY, sorted(listed)))
         for address, nthreads in sorted(listed.items()):
             self._workers[address] = self._specs(address, nthreads)
         self.specs = [spec for specs in self._workers.values() for spec in specs]
@@ -268,7 +267,7 @@ class DaskExecutor:
                 return
         io = self._task_io(task)
         inline, _, fetch = self._inputs(io, address)
-        moves = [(CLIENT_NODE, int(value.nbytes)) for value in inline.values()]
+        moves = [(CLIENT_MEMORY, int(value.nbytes)) for value in inline.values()]
         moves += [(memory_node(peer), io.values[n].nbytes) for peer, names in fetch.items() for n in names]
         if not moves or not worth_sending_ahead(self.bus, moves, worker.memory_node, self.prefetch_min_s):
             return
@@ -369,7 +368,7 @@ class DaskExecutor:
             if name not in returned:
                 io.values[name] = Kept(address, nbytes)
         task.job.place({n: s for n, s in sizes.items() if n not in returned}, {worker.memory_node})
-        task.job.place({n: s for n, s in sizes.items() if n in returned}, {worker.memory_node, CLIENT_NODE})
+        task.job.place({n: s for n, s in sizes.items() if n in returned}, {worker.memory_node, CLIENT_MEMORY})
         task.compute_s = answer["compute_s"]
         self._observe(address, answer["transfers"])
         return None
@@ -434,7 +433,7 @@ class DaskExecutor:
             stages = list(self._stages.values())
             known = list(self._workers)
         self._sync(self._ship(address, stages))
-        self._sync(calibrate_links(self.client.rpc, self.bus, CLIENT_NODE, [address], known))
+        self._sync(calibrate_links(self.client.rpc, self.bus, CLIENT_MEMORY, [address], known))
         with self._lock:
             specs = self._workers[address] = self._specs(address, nthreads)
         log.info("%s joined the cluster (%d part models shipped)", specs[0].name, len(stages))
