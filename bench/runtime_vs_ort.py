@@ -11,8 +11,9 @@ fixed rate) goes to each configuration:
 
 Latency = completion time - intended arrival time (queueing included).  Rates
 are fractions of the machine's limit, the sum of the narrow workers' isolated
-throughputs (2 / one-thread latency).  Also the scheduler's overhead per task on
-a tiny model.  Writes bench/results/runtime_vs_ort.json, a PNG and its section of RESULTS.md.
+throughputs (2 / one-thread latency).  The scheduler's overhead per task on a tiny
+model has a bench of its own, bench/task_overhead.py.  Writes
+bench/results/runtime_vs_ort.json, a PNG and its section of RESULTS.md.
 
     python bench/runtime_vs_ort.py [--models resnet50,googlenet,vit-tiny] [--seconds 3]
 """
@@ -23,7 +24,6 @@ import argparse
 import json
 import platform
 import queue
-import statistics
 import sys
 import threading
 import time
@@ -167,43 +167,13 @@ def measure_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
-def task_overhead(repeats: int = 2000) -> dict[str, float]:
-    """Median extra time per request through hetsched vs a direct session.run, on a one-node model."""
-    from onnx import TensorProto, helper
-
-    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"], name="relu")], "tiny",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])])
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    proto.ir_version = 8
-    feeds = {"x": np.ones((1, 4), np.float32)}
-    session = cpu_session(proto, 1)
-    direct = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        session.run(None, feeds)
-        direct.append(time.perf_counter() - t)
-    with Runtime(workers="1x1", narrow=False, policy="dmda") as runtime:
-        model = runtime.load(proto)
-        through = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            model.infer(feeds)
-            through.append(time.perf_counter() - t)
-    return {"direct_us": statistics.median(direct) * 1e6, "hetsched_us": statistics.median(through) * 1e6,
-            "overhead_us": (statistics.median(through) - statistics.median(direct)) * 1e6}
-
-
-def markdown(results: dict[str, Any], overhead: dict[str, float], args: argparse.Namespace) -> str:
+def markdown(results: dict[str, Any], args: argparse.Namespace) -> str:
     lines = ["## hetsched vs plain ONNX Runtime (bench/runtime_vs_ort.py)", "",
              f"`python bench/runtime_vs_ort.py --seconds {args.seconds}` on {date.today()}, "
              f"{platform.node()} "
              "(2-core shared VM, no GPU). Open loop, batch 1; latency includes queueing. Rates are "
-             "fractions of the machine limit (2 / one-thread latency).", "",
-             f"Scheduler overhead per request on a one-node model: {overhead['overhead_us']:.0f} µs "
-             f"median (hetsched {overhead['hetsched_us']:.0f} µs vs direct session.run "
-             f"{overhead['direct_us']:.0f} µs); "
-             "one request is one task here.", ""]
+             "fractions of the machine limit (2 / one-thread latency). The scheduler's overhead per "
+             "task: section of bench/task_overhead.py.", ""]
     for name, model in results.items():
         lines += [f"### {name} (limit {model['limit_per_s']:.1f} req/s)", "",
                   "| config | arrivals | " + " | ".join(f"{f:.2f}" for f in FRACTIONS)
@@ -247,15 +217,13 @@ def main() -> int:
     parser.add_argument("--configs", default="", help="only these configurations, comma-separated; "
                         "written to a section of their own (e.g. 'ort 1x2t,hetsched auto')")
     args = parser.parse_args()
-    overhead = task_overhead()
-    print(f"overhead per task: {overhead}", flush=True)
     results = {name: measure_model(name, args) for name in args.models.split(",")}
     out = HERE / "results"
     out.mkdir(exist_ok=True)
     stem = "runtime_vs_ort" + ("_subset" if args.configs else "")
-    (out / f"{stem}.json").write_text(json.dumps({"overhead": overhead, "models": results}, indent=1))
+    (out / f"{stem}.json").write_text(json.dumps({"models": results}, indent=1))
     plot(results, out / f"{stem}.png")
-    text = markdown(results, overhead, args).replace("results/runtime_vs_ort.png", f"results/{stem}.png")
+    text = markdown(results, args).replace("results/runtime_vs_ort.png", f"results/{stem}.png")
     if args.configs:
         label = f"(bench/runtime_vs_ort.py, configs: {args.configs})"
         text = text.replace("(bench/runtime_vs_ort.py)", label)

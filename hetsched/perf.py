@@ -54,8 +54,8 @@ class HistoryOracle:
     def transfer(self, task: Task, worker: WorkerSpec) -> float:
         total = 0.0
         for name, nbytes in task.input_bytes.items():
-            nodes = task.input_nodes.get(name, set())
-            if worker.memory_node in nodes or not nodes:
+            nodes = task.input_nodes.get(name)
+            if not nodes or worker.memory_node in nodes:
                 continue
             costs = [self.bus.predict(src, worker.memory_node, nbytes) for src in nodes]
             finite = [c for c in costs if math.isfinite(c)]

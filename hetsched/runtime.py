@@ -61,6 +61,7 @@ Inputs = Mapping[str, np.ndarray]
 CLOSE_TIMEOUT_S = 60.0
 MAX_REQUEST_ATTEMPTS = 3  # a request whose worker died is resent at most this often in all
 JOB_SEPARATOR = "#"  # a job is named <model name>#<sequence number>
+FOOTPRINT_CACHE = 1024  # distinct request shapes remembered per model
 
 
 def job_model_name(job: Job) -> str:
@@ -93,7 +94,11 @@ class Model:
         self.part_io = [(tuple(part.inputs), tuple(part.outputs),
                          tuple(n for n in part.outputs if n in consumed),
                          tuple(n for n in part.outputs if n in plan.model_outputs)) for part in plan.parts]
+        self.depends_on = [list(part.depends_on) for part in plan.parts]
+        self._output_lists = [list(part.outputs) for part in plan.parts]  # what session.run takes
+        self._footprints: dict[tuple[tuple[str, tuple[int, ...]], ...], str] = {}
         self.inputs = [_input_spec(value) for value in input_values]
+        self._input_names = frozenset(spec.name for spec in self.inputs)
         self.batcher: DynamicBatcher | None = None
         self.unloaded = False
         self.max_queue = max_queue
@@ -135,6 +140,17 @@ class Model:
     def _answered(self, _: object = None) -> None:
         with self._pending_lock:
             self._pending -= 1
+
+    def footprint_of(self, feeds: Mapping[str, np.ndarray]) -> str:
+        """The history footprint of a request's inputs, cached by shapes: requests repeat a few
+        shapes, and formatting the text each time was a measurable share of a small model's overhead."""
+        shapes = tuple((name, value.shape) for name, value in feeds.items())
+        text = self._footprints.get(shapes)
+        if text is None:
+            if len(self._footprints) >= FOOTPRINT_CACHE:
+                self._footprints.clear()
+            text = self._footprints[shapes] = footprint(dict(shapes))
+        return text
 
     def warm_up(self, max_requests: int, batch: int = 1) -> int:
         """Send random requests one at a time until every worker's perf model of every part is
@@ -180,9 +196,9 @@ class Model:
         return self.submit(inputs).result(timeout)
 
     def _validate(self, inputs: Inputs) -> tuple[dict[str, np.ndarray], int]:
-        expected = {spec.name for spec in self.inputs}
-        missing, unknown = sorted(expected - set(inputs)), sorted(set(inputs) - expected)
-        if missing or unknown:
+        expected = self._input_names
+        if inputs.keys() != expected:
+            missing, unknown = sorted(expected - set(inputs)), sorted(set(inputs) - expected)
             raise InvalidInputError(f"model {self.name!r}: missing inputs {missing}, unexpected {unknown}; "
                                     f"it takes {sorted(expected)}")
         feeds: dict[str, np.ndarray] = {}
@@ -238,6 +254,7 @@ class Runtime:
         self.executor.on_join = self._joined
         self.executor.on_leave = self._left
         self.models: dict[str, Model] = {}
+        self._batchers: tuple[DynamicBatcher, ...] = ()  # of the loaded models that batch
         self._slots = self._count_slots()
         self._sequence = itertools.count()
         # id(job) -> (its future, its model): what close() drains and unload() waits for
@@ -321,6 +338,7 @@ class Runtime:
                 self.scheduler.clock, target=lambda rate: choose_batch(rate, loaded.predicted_s, max_batch),
                 has_capacity=self._has_capacity)
         self.models[name] = loaded
+        self._batchers = tuple(m.batcher for m in self.models.values() if m.batcher is not None)
         return loaded
 
     def _check_pin(self, pin: Mapping[int, Sequence[str]], parts: int) -> dict[int, frozenset[str]]:
@@ -340,6 +358,7 @@ class Runtime:
             raise UsageError(f"no model named {name!r} is loaded; loaded: {sorted(self.models)}")
         if model.batcher is not None:
             model.batcher.close()
+        self._batchers = tuple(m.batcher for m in self.models.values() if m.batcher is not None)
         model.unloaded = True
         with self._idle:  # its requests in flight finish first
             self._idle.wait_for(lambda: all(m is not model for _, m in self._in_flight.values()),
@@ -359,13 +378,13 @@ class Runtime:
         model, feeds = data.model, data.feeds
         sequence = next(self._sequence)
         data.attempts += 1
-        job = Job(f"{model.name}{JOB_SEPARATOR}{sequence}", [p.depends_on for p in model.plan.parts],
-                  payload=data, on_done=self._job_done)
-        request_footprint = footprint({n: tuple(v.shape) for n, v in feeds.items()})  # keys the history
-        job.tasks = [Task(stage, part.index, job, request_footprint, data.batch, priority=-sequence,
-                          input_nodes={n: {CLIENT_MEMORY} if n in feeds else set() for n in part.inputs},
-                          input_bytes={n: feeds[n].nbytes for n in part.inputs if n in feeds})
-                     for stage, part in zip(model.stages, model.plan.parts)]
+        job = Job(f"{model.name}{JOB_SEPARATOR}{sequence}", model.depends_on, payload=data,
+                  on_done=self._job_done)
+        request_footprint = model.footprint_of(feeds)  # keys the history
+        job.tasks = [Task(stage, index, job, request_footprint, data.batch, priority=-sequence,
+                          input_nodes={n: {CLIENT_MEMORY} if n in feeds else set() for n in io[0]},
+                          input_bytes={n: feeds[n].nbytes for n in io[0] if n in feeds})
+                     for index, (stage, io) in enumerate(zip(model.stages, model.part_io))]
         with self._idle:
             self._check_open()
             self._in_flight[id(job)] = (data.future, model)
@@ -388,10 +407,10 @@ class Runtime:
     def _run_task(task: Task, session: Any) -> None:
         """On a worker thread: run one part on the job's own tensors."""
         data: _JobData = task.job.payload
-        part = data.model.plan.parts[task.part]
-        outputs = dict(zip(part.outputs, session.run(list(part.outputs),
-                                                     {n: data.values[n] for n in part.inputs})))
-        data.values.update(outputs)
+        model, values = data.model, data.values
+        names = model._output_lists[task.part]
+        outputs = dict(zip(names, session.run(names, {n: values[n] for n in model.part_io[task.part][0]})))
+        values.update(outputs)
         assert task.worker is not None
         task.job.place({n: v.nbytes for n, v in outputs.items()}, {task.worker.memory_node})
 
@@ -425,9 +444,8 @@ class Runtime:
             with self._idle:
                 self._in_flight.pop(id(job), None)
                 self._idle.notify_all()
-            for model in list(self.models.values()):  # a slot is free: waiting batches may go
-                if model.batcher is not None:
-                    model.batcher.poke()
+            for batcher in self._batchers:  # a slot is free: waiting batches may go
+                batcher.poke()
 
     def _resend(self, job: Job, data: _JobData, error: WorkerLostError) -> bool:
         """Run a request whose worker died again from its inputs, if attempts are left."""

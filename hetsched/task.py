@@ -42,7 +42,7 @@ class TaskState(Enum):
     FAILED = "failed"
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)  # slots: one is made per part per request
 class Task:
     """One part of one request batch.
 
@@ -82,7 +82,7 @@ class Task:
         return f"Task(#{self.id} {self.job.name} part {self.part} {self.state.value})"
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Job:
     """One request batch through a plan: its tasks, their dependencies, and what to call when done.
 

@@ -28,7 +28,7 @@ import math
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote
 
 __all__ = [
@@ -232,10 +232,12 @@ def stage_id(model_bytes: bytes) -> str:
     return hashlib.sha256(model_bytes).hexdigest()[:16]
 
 
-@dataclass(frozen=True, order=True)
-class HistoryKey:
+class HistoryKey(NamedTuple):
     """What one history entry times: ``stage`` (a :func:`stage_id`) on ``arch``
-    (``"cpu:2t"``, ``"cuda:NVIDIA H100"``) with inputs of ``footprint``."""
+    (``"cpu:2t"``, ``"cuda:NVIDIA H100"``) with inputs of ``footprint``.
+
+    A named tuple, not a frozen dataclass: the scheduler builds one per prediction and per
+    recorded task, and a frozen dataclass costs several times more to create and hash."""
 
     stage: str
     arch: str
@@ -288,7 +290,9 @@ class HistoryModel:
         if not math.isfinite(value) or value < 0:
             raise ValueError(f"duration_s must be finite and >= 0 seconds, got {duration_s!r}")
         with self._lock:
-            stats = self._entries.setdefault(key, RunningStats())
+            stats = self._entries.get(key)
+            if stats is None:
+                stats = self._entries[key] = RunningStats()
             resets = stats.resets
             accepted = stats.add(value, min_samples=self._min_samples)
             if stats.resets != resets:

@@ -123,7 +123,10 @@ class Dmda(Policy):
         return not any(self._reservations.get(slot) for slot in self._slots(worker))
 
     def _expected_free_s(self, worker: WorkerSpec, now: float) -> float:
-        return max([now] + [self._free_s.get(slot, now) for slot in self._slots(worker)])
+        free = now
+        for slot in self._slots(worker):
+            free = max(free, self._free_s.get(slot, now))
+        return free
 
     def push(self, task: Task) -> None:
         ctx = self.context
@@ -135,27 +138,30 @@ class Dmda(Policy):
         workers = self._candidates(eligible, predicted, now)
         lengths = [predicted[w.name] for w in workers]
         transfers = [ctx.transfer_s(task, w) for w in workers]
+        frees = [self._expected_free_s(w, now) for w in workers]
         uncalibrated = [i for i, length in enumerate(lengths) if not math.isfinite(length)]
         if uncalibrated:
             known = [length for length in lengths if math.isfinite(length)]
             guess = min(known) if known else 0.0
-            choice = min(uncalibrated,
-                         key=lambda i: (self._load(workers[i]), self._expected_free_s(workers[i], now), i))
-            self._assign(task, workers[choice], guess, transfers[choice], now)
+            choice = min(uncalibrated, key=lambda i: (self._load(workers[i]), frees[i], i))
+            self._assign(task, workers[choice], guess, transfers[choice], now, frees[choice])
             return
-        ends = [max(self._expected_free_s(w, now), now + t) + length
-                for w, t, length in zip(workers, transfers, lengths)]
+        ends = [max(free, now + t) + length for free, t, length in zip(frees, transfers, lengths)]
         best_end = min(ends)
         fitness = [self.alpha * (end - best_end) + self.beta * t for end, t in zip(ends, transfers)]
         choice = min(range(len(workers)), key=lambda i: (fitness[i], i))
-        self._assign(task, workers[choice], lengths[choice], transfers[choice], now)
+        self._assign(task, workers[choice], lengths[choice], transfers[choice], now, frees[choice])
 
-    def _assign(self, task: Task, worker: WorkerSpec, length_s: float, transfer_s: float, now: float) -> None:
+    def _assign(self, task: Task, worker: WorkerSpec, length_s: float, transfer_s: float, now: float,
+                free_s: float) -> None:
         order = next(self._order)
-        end = max(self._expected_free_s(worker, now), now + transfer_s) + length_s
+        end = max(free_s, now + transfer_s) + length_s
         for slot in self._slots(worker):
             self._free_s[slot] = end
-            self._reservations.setdefault(slot, deque()).append((order, worker.name))
+            reservations = self._reservations.get(slot)
+            if reservations is None:
+                reservations = self._reservations[slot] = deque()
+            reservations.append((order, worker.name))
         self._queues.setdefault(worker.name, []).append((order, task))
         task.worker = worker
         task.predicted_s = length_s
@@ -191,8 +197,9 @@ class Dmda(Policy):
     def on_done(self, task: Task, worker: WorkerSpec, duration_s: float) -> None:
         """A core with nothing reserved is free now, whatever the prediction said."""
         now = self.context.clock.now()
-        self._busy.difference_update(self._slots(worker))
-        for slot in self._slots(worker):
+        slots = self._slots(worker)
+        self._busy.difference_update(slots)
+        for slot in slots:
             if not self._reservations.get(slot):
                 self._free_s[slot] = now
 

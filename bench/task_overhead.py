@@ -1,0 +1,157 @@
+"""The scheduler's own overhead per task, in process, on a one-node model (issue 4's ≤ 50 µs target).
+
+Side by side in one run, rounds interleaved so the machine's noise hits every path
+alike, one request at a time on a Relu over 4 floats (microseconds of compute):
+
+- ``session.run``: plain ONNX Runtime, the floor;
+- ``thread round trip``: a Python queue put + Future answered by another thread, no
+  work at all: what handing a task to a worker thread and the answer back costs on
+  this machine before any bookkeeping;
+- ``hetsched 1x1``: ``Model.infer`` on one one-core worker (dmda);
+- ``hetsched auto``: ``Model.infer`` on the default workers (a wide worker and a
+  narrow one per core; dmda chooses among them per task).
+
+The overhead of a configuration is its median minus session.run's median.  Writes
+bench/results/task_overhead.json and its section of bench/RESULTS.md.
+
+    PYTHONPATH=.:bench python bench/task_overhead.py [--requests 3000] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import queue
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+from results_md import package_version, write_section
+
+from hetsched import Runtime
+from perfmodels.measure import cpu_session
+
+HERE = Path(__file__).parent
+TARGET_US = 50.0
+RUNTIMES = {"hetsched 1x1": {"workers": "1x1", "narrow": False}, "hetsched auto": {"workers": "auto"}}
+
+
+def relu_model() -> onnx.ModelProto:
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"], name="relu")], "tiny",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    proto.ir_version = 8
+    return proto
+
+
+def timed(call: Callable[[], Any], requests: int) -> list[float]:
+    samples = []
+    for _ in range(requests):
+        start = time.perf_counter()
+        call()
+        samples.append(time.perf_counter() - start)
+    return samples
+
+
+def thread_round_trip(requests: int) -> list[float]:
+    inbox: queue.SimpleQueue[Future[int] | None] = queue.SimpleQueue()
+
+    def answer() -> None:
+        while (future := inbox.get()) is not None:
+            future.set_result(0)
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+
+    def call() -> None:
+        future: Future[int] = Future()
+        inbox.put(future)
+        future.result()
+
+    samples = timed(call, requests)
+    inbox.put(None)
+    thread.join()
+    return samples
+
+
+def measure(requests: int, rounds: int, warmup: int = 300) -> dict[str, list[float]]:
+    """Seconds per request of each path, all rounds pooled."""
+    proto = relu_model()
+    feeds = {"x": np.ones((1, 4), np.float32)}
+    session = cpu_session(proto, 1)
+    samples: dict[str, list[float]] = {}
+    for round_ in range(rounds):
+        samples.setdefault("session.run", []).extend(timed(lambda: session.run(None, feeds), requests))
+        samples.setdefault("thread round trip", []).extend(thread_round_trip(requests))
+        for label, config in RUNTIMES.items():
+            with Runtime(policy="dmda", **config) as runtime:
+                model = runtime.load(proto)
+                timed(lambda: model.infer(feeds), warmup)  # calibrates every worker first
+                samples.setdefault(label, []).extend(timed(lambda: model.infer(feeds), requests))
+        medians = {k: f"{statistics.median(v) * 1e6:.0f}" for k, v in samples.items()}
+        print(f"round {round_ + 1}/{rounds}: median µs so far {medians}", flush=True)
+    return samples
+
+
+def summary(samples: dict[str, list[float]]) -> dict[str, dict[str, float]]:
+    floor = statistics.median(samples["session.run"])
+    rows = {}
+    for label, values in samples.items():
+        median = statistics.median(values)
+        rows[label] = {"median_us": median * 1e6, "p99_us": float(np.percentile(values, 99)) * 1e6,
+                       "overhead_us": (median - floor) * 1e6}
+    return rows
+
+
+def markdown(rows: dict[str, dict[str, float]], args: argparse.Namespace) -> str:
+    lines = [
+        "## Scheduler overhead per task (bench/task_overhead.py)",
+        "",
+        "`PYTHONPATH=.:bench python bench/task_overhead.py "
+        f"--requests {args.requests} --rounds {args.rounds}` on {date.today().isoformat()}, "
+        f"{platform.node()} ({platform.machine()}, 2-core shared VM), Python {platform.python_version()}, "
+        f"onnxruntime {package_version('onnxruntime')}. One request at a time on a one-node model (Relu "
+        "over 4 floats), rounds interleaved; overhead = median − session.run's median.",
+        "",
+        "| path | median µs | p99 µs | overhead µs |",
+        "|---|---:|---:|---:|",
+    ]
+    for label, row in rows.items():
+        overhead = "" if label == "session.run" else f"{row['overhead_us']:.0f}"
+        lines.append(f"| {label} | {row['median_us']:.0f} | {row['p99_us']:.0f} | {overhead} |")
+    worst = max(rows[label]["overhead_us"] for label in RUNTIMES)
+    verdict = "met" if worst <= TARGET_US else "NOT met"
+    lines += ["", f"Target: overhead ≤ {TARGET_US:.0f} µs median per task: {verdict} "
+              f"(worst configuration {worst:.0f} µs)."]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=3000, help="per path per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    rows = summary(measure(args.requests, args.rounds))
+    for label, row in rows.items():
+        print(f"{label:18} median {row['median_us']:6.0f} µs  p99 {row['p99_us']:6.0f} µs  "
+              f"overhead {row['overhead_us']:6.0f} µs")
+    out = HERE / "results"
+    out.mkdir(exist_ok=True)
+    (out / "task_overhead.json").write_text(json.dumps(rows, indent=1))
+    write_section(markdown(rows, args), HERE / "RESULTS.md", marker="task_overhead")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
