@@ -2,12 +2,17 @@
 
 For every zoo model, plans 0.8/0.2 and 4 x 0.25, 1 and 2 threads, batches 1..32
 (batch 1 always; larger ones while the whole-model run fits --max-run-s):
-the parts run on their real inputs; the first --train runs feed a history model,
-the next --test runs are the "measured" latency (median).  Predictors:
+the parts run on their real inputs; after 3 warm-up runs (a session's first runs are
+slower: allocation, cold caches), the first --train runs feed a history model and the
+next --test runs are the "measured" latency (median); parts shorter than --budget-s / 5
+run more often, as many runs as fit --budget-s (50 at most), because a 20 µs part's
+runs vary by tens of percent on this machine and a served part is timed thousands of
+times anyway.  Predictors:
 
 - naive: sum of the part's node times (ort-profile of the whole model, same batch and threads);
-- composition: the fitted correction alpha * scaled sum + c0 * nodes + c1 (the sum scaled so the
-  model's node times add up to its measured run), fitted
+- composition: the fitted correction alpha * scaled sum + c0 * nodes + c1 * (1 - share) (the sum
+  scaled so the model's node times add up to its measured run; share = the part's share of
+  them), fitted
   leaving this model out (the other models' parts only), per thread count;
 - history: the history model (Welford mean, outliers rejected) fed the training runs;
 - regression: batch-size fit over the other batches' history, at held-out batches inside their range.
@@ -38,7 +43,7 @@ from hetsched.sequential import SequentialRunner
 from partitioner.feeds import random_feeds
 from partitioner.graph import build_graph
 from partitioner.partition import partition
-from perfmodels.composition import CompositionSample, fit_composition, naive_sum, scaled_node_sum
+from perfmodels.composition import CompositionSample, fit_composition, naive_sum, node_share, scaled_node_sum
 from perfmodels.costs import NodeCosts
 from perfmodels.history import HistoryKey, HistoryModel
 from perfmodels.measure import cpu_session, timed_runs
@@ -49,6 +54,8 @@ HERE = Path(__file__).parent
 PLANS = {"80/20": [0.8, 0.2], "4x25": [0.25] * 4}
 BATCHES = (1, 2, 4, 8, 16, 32)
 PREDICTORS = ("naive", "composition", "history", "regression")
+WARM_RUNS = 3  # untimed for the history: a session's first runs are slower (allocation, cold caches)
+MAX_RUNS = 50  # history and test runs per part at most
 
 
 def measure_model(name: str, threads: list[int], args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -83,17 +90,19 @@ def _measure_plan(name: str, label: str, result: Any, feeds: dict[str, np.ndarra
     for part, source in zip(result.plan.parts, sources):
         inputs = {n: values[n] for n in part.inputs}
         session = cpu_session(source, threads)
-        session.run(None, inputs)  # allocation run
-        samples = timed_runs(session, inputs, args.train + args.test)
+        once_s = min(timed_runs(session, inputs, WARM_RUNS))  # the first runs allocate and warm caches
+        train, test = (max(count, min(MAX_RUNS, int(args.budget_s / max(once_s, 1e-9))))
+                       for count in (args.train, args.test))
+        samples = timed_runs(session, inputs, train + test)
         key = HistoryKey(f"part{part.index}", f"cpu:{threads}t", f"batch={batch}")
-        for sample in samples[: args.train]:
+        for sample in samples[:train]:
             history.record(key, sample)
         rows.append({
             "model": name, "plan": label, "part": part.index, "threads": threads, "batch": batch,
             "nodes": len(part.nodes), "node_sum_s": naive_sum(costs.seconds, part.nodes),
-            "scaled_sum_s": scaled_node_sum(costs, part.nodes),
+            "scaled_sum_s": scaled_node_sum(costs, part.nodes), "share": node_share(costs, part.nodes),
             "history_s": history.predict(key),
-            "measured_s": statistics.median(samples[args.train:]),
+            "measured_s": statistics.median(samples[train:]),
         })
     return rows
 
@@ -105,12 +114,13 @@ def predict_all(rows: list[dict[str, Any]]) -> None:
         by_threads[row["threads"]].append(row)
     for count, group in by_threads.items():
         for name in {r["model"] for r in group}:
-            others = [CompositionSample(r["scaled_sum_s"], r["nodes"], r["measured_s"])
+            others = [CompositionSample(r["scaled_sum_s"], r["nodes"], r["measured_s"], r["share"])
                       for r in group if r["model"] != name]
             fit = fit_composition(f"cpu:{count}t", others) if len(others) >= 2 else None
             for r in group:
                 if r["model"] == name:
-                    r["composition_s"] = fit.predict(r["scaled_sum_s"], r["nodes"]) if fit else float("nan")
+                    r["composition_s"] = (fit.predict(r["scaled_sum_s"], r["nodes"], r["share"]) if fit
+                                          else float("nan"))
     series: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         r["naive_s"] = r["node_sum_s"]
@@ -162,7 +172,8 @@ def markdown(table: dict[str, dict[str, dict[str, float]]], rows: list[dict[str,
         "## Perf model accuracy (bench/perfmodel_accuracy.py)", "",
         f"`python bench/perfmodel_accuracy.py --threads {args.threads} --max-run-s {args.max_run_s}` on "
         f"{date.today()}, {platform.node()} (2-core shared VM), Python {platform.python_version()}. "
-        f"{len(rows)} part measurements (median of {args.test} runs after {args.train} history runs). "
+        f"{len(rows)} part measurements (median of {args.test}+ runs after {args.train}+ history runs, "
+        f"more for parts shorter than {args.budget_s / 5 * 1e3:.0f} ms; 3 warm-up runs before). "
         "Batches stop where the whole model takes longer than --max-run-s per run. "
         "Cells: MAPE % / worst %; regression only at held-out batches inside the fitted range.", "",
         "| model | batches | naive sum | composition (leave-model-out) | history | regression |",
@@ -186,8 +197,11 @@ def main() -> int:
     parser.add_argument("--models", default=",".join(zoo.NAMES))
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--max-run-s", type=float, default=0.4)
-    parser.add_argument("--train", type=int, default=5)
-    parser.add_argument("--test", type=int, default=5)
+    parser.add_argument("--train", type=int, default=5, help="history runs per part, at least")
+    parser.add_argument("--test", type=int, default=5, help="measured runs per part, at least")
+    parser.add_argument("--budget-s", type=float, default=0.05,
+                        help="short parts run more often: as many runs as fit this, up to 50, "
+                        "for the history and again for the measurement")
     parser.add_argument("--append", action="store_true",
                         help="keep the other models' rows of the last run's JSON (re-measure only --models)")
     args = parser.parse_args()

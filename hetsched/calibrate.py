@@ -31,7 +31,13 @@ from partitioner.errors import UsageError
 from partitioner.feeds import random_values
 from partitioner.graph import build_graph
 from partitioner.plan import PartitionPlan
-from perfmodels.composition import CompositionModel, CompositionSample, fit_composition, scaled_node_sum
+from perfmodels.composition import (
+    CompositionModel,
+    CompositionSample,
+    fit_composition,
+    node_share,
+    scaled_node_sum,
+)
 from perfmodels.costs import NodeCosts
 from perfmodels.history import HistoryKey, HistoryModel, footprint, stage_id
 from perfmodels.measure import timed_runs
@@ -46,7 +52,7 @@ log = logging.getLogger(__name__)
 StepProgress = Callable[[str], Callable[[int, int], None]]
 BUS_DOC = "bus"
 COMPOSITION_DOC = "composition"
-COMPOSITION_FORMAT = "hetsched.compositions/1"
+COMPOSITION_FORMAT = "hetsched.compositions/2"  # samples gained the share
 MAX_COMPOSITION_SAMPLES = 2000
 MAX_RUNS_PER_ENTRY = 40  # stop calibrating an entry that outliers keep from trusting
 
@@ -178,7 +184,8 @@ def _composition_samples(
             report.notes.append(note)
         return []
     return [
-        CompositionSample(scaled_node_sum(costs, part.nodes), len(part.nodes), measured[part.index])
+        CompositionSample(scaled_node_sum(costs, part.nodes), len(part.nodes), measured[part.index],
+                          node_share(costs, part.nodes))
         for part in source.plan.parts
         if math.isfinite(measured.get(part.index, math.nan))
     ]
@@ -189,9 +196,10 @@ def _add_composition_samples(
 ) -> CompositionModel | None:
     """Keep the measured parts of every calibration (newest MAX_COMPOSITION_SAMPLES) and refit."""
     doc = store.load_json(COMPOSITION_DOC, COMPOSITION_FORMAT) or {}
-    kept = doc.get("samples", {}).get(arch, []) + [[s.node_sum_s, s.n_nodes, s.measured_s] for s in samples]
+    kept = doc.get("samples", {}).get(arch, []) + [
+        [s.node_sum_s, s.n_nodes, s.measured_s, s.share] for s in samples]
     kept = kept[-MAX_COMPOSITION_SAMPLES:]
-    everything = [CompositionSample(float(a), int(n), float(m)) for a, n, m in kept]
+    everything = [CompositionSample(float(a), int(n), float(m), float(f)) for a, n, m, f in kept]
     model = fit_composition(arch, everything) if len(everything) >= 2 else None
     doc.setdefault("samples", {})[arch] = kept
     if model is not None:

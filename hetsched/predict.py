@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from hetsched.calibrate import PlanSource, cpu_arch, load_composition, node_costs
 from partitioner.plan import PlanPart
-from perfmodels.composition import CompositionModel, naive_sum, scaled_node_sum
+from perfmodels.composition import CompositionModel, naive_sum, node_share, scaled_node_sum
 from perfmodels.costs import NodeCosts
 from perfmodels.history import HistoryModel
 from perfmodels.regression import fit_batch_model
@@ -104,4 +104,5 @@ def _from_nodes(
         return math.nan, "none"
     if composition is None:
         return naive_sum(costs.seconds, part.nodes), "node-sum"
-    return composition.predict(scaled_node_sum(costs, part.nodes), len(part.nodes)), "composition"
+    share = node_share(costs, part.nodes)
+    return composition.predict(scaled_node_sum(costs, part.nodes), len(part.nodes), share), "composition"

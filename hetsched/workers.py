@@ -25,6 +25,7 @@ from typing import Any
 
 from hetsched.platform import Report, StageModel
 from hetsched.task import Job, Task, WorkerSpec
+from perfmodels.measure import session_options as measured_session_options
 from perfmodels.transfer import BusModel
 
 log = logging.getLogger(__name__)
@@ -43,17 +44,7 @@ def _thread_ids() -> set[int]:
 
 def session_options(worker: WorkerSpec) -> Any:
     """ORT options for a session on ``worker``: its core count, extra threads pinned to its cores."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = max(1, len(worker.cores))
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.log_severity_level = 3
-    # Every core runs several sessions (one per stage; wide and narrow workers share cores), and an
-    # ORT pool whose threads spin after a run steals the core from the next session: GoogLeNet's
-    # 0.8/0.2 parts ran in 45 ms one after another instead of the whole model's 23 ms.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options = measured_session_options(max(1, len(worker.cores)))
     if len(worker.cores) > 1:
         affinities = ";".join(str(core + 1) for core in worker.cores[1:])
         options.add_session_config_entry("session.intra_op.thread_affinities", affinities)

@@ -5,15 +5,22 @@ in cache inside a session, and every part pays a session call and the copies
 of its inputs and outputs.  Following the split-inference latency model, the
 correction is linear in what a part is made of, per processor kind::
 
-    t_part = alpha * S + c0 * (number of nodes) + c1
+    t_part = alpha * S + c0 * (number of nodes) + c1 * (1 - share)
 
 where S is the part's node times summed and scaled by (whole-model time /
-all node times) of the same profile (:func:`scaled_node_sum`): ONNX Runtime's
-profiler adds its own cost per kernel and the machine's load drifts between
-profiles, and this scaling cancels both, leaving the correction only what
-splitting itself costs (session calls, input/output copies, lost fusions).
+all node times) of the same profile (:func:`scaled_node_sum`), and ``share`` is
+the part's fraction of those node times (:func:`node_share`, so S = share ×
+whole-model time).  The scaling cancels the profiler's own cost per kernel and
+the machine's load drifting between profiles.  The whole model's run already
+paid one session call, and the scaling spread that call over its nodes; a part
+pays a whole call of its own, so it is owed the rest: ``c1 * (1 - share)``.
+Without that term, a fixed call cost ``c1`` fitted on microsecond parts (where
+the call is most of the time, and already half inside S) was counted twice, and
+the fit paid for it by lowering ``alpha`` on every model (0.8 instead of 1.0 on
+the zoo at one thread).  A part that is the whole model is predicted as its
+measured run (alpha = 1, c0 = 0).
 
-fitted on measured parts by least squares in relative terms (every part counts
+Fitted on measured parts by least squares in relative terms (every part counts
 the same whatever its size), with every coefficient kept >= 0 (an exhaustive
 active-set search over the three, which is exact for so few parameters).
 """
@@ -29,12 +36,18 @@ import numpy as np
 
 from perfmodels.costs import NodeCosts
 
-FORMAT = "hetsched.composition/1"
+FORMAT = "hetsched.composition/2"  # /1 had c1 without (1 - share)
 
 
 def naive_sum(node_costs_s: Mapping[str, float], nodes: Iterable[str]) -> float:
     """Sum of the profiled seconds of ``nodes`` (0 for nodes the profile does not name)."""
     return float(sum(node_costs_s.get(name, 0.0) for name in nodes))
+
+
+def node_share(costs: NodeCosts, nodes: Iterable[str]) -> float:
+    """The part's fraction of the model's profiled node time (0 when the profile has none)."""
+    total = costs.total_s()
+    return naive_sum(costs.seconds, nodes) / total if total > 0 else 0.0
 
 
 def scaled_node_sum(costs: NodeCosts, nodes: Iterable[str]) -> float:
@@ -46,16 +59,18 @@ def scaled_node_sum(costs: NodeCosts, nodes: Iterable[str]) -> float:
 
 @dataclass(frozen=True)
 class CompositionSample:
-    """One measured part: its :func:`scaled_node_sum`, its node count, its measured seconds."""
+    """One measured part: its :func:`scaled_node_sum`, its node count, its measured seconds and
+    its :func:`node_share`."""
 
     node_sum_s: float
     n_nodes: int
     measured_s: float
+    share: float
 
 
 @dataclass(frozen=True)
 class CompositionModel:
-    """``alpha * node_sum + c0_s * n_nodes + c1_s`` for one processor kind."""
+    """``alpha * node_sum + c0_s * n_nodes + c1_s * (1 - share)`` for one processor kind."""
 
     arch: str
     alpha: float
@@ -64,8 +79,8 @@ class CompositionModel:
     samples: int
     rel_rmse: float  # relative RMS error on the parts it was fitted on
 
-    def predict(self, node_sum_s: float, n_nodes: int) -> float:
-        return self.alpha * node_sum_s + self.c0_s * n_nodes + self.c1_s
+    def predict(self, node_sum_s: float, n_nodes: int, share: float) -> float:
+        return self.alpha * node_sum_s + self.c0_s * n_nodes + self.c1_s * (1.0 - share)
 
     def to_dict(self) -> dict[str, object]:
         return {"format": FORMAT, **asdict(self)}
@@ -84,7 +99,7 @@ def fit_composition(arch: str, samples: Sequence[CompositionSample]) -> Composit
     if len(usable) < 2:
         raise ValueError(f"{arch}: a composition fit needs >= 2 measured parts, got {len(usable)}")
     y = np.array([s.measured_s for s in usable])
-    columns = np.array([[s.node_sum_s, s.n_nodes, 1.0] for s in usable]) / y[:, None]  # relative
+    columns = np.array([[s.node_sum_s, s.n_nodes, 1.0 - s.share] for s in usable]) / y[:, None]  # relative
     target = np.ones(len(usable))
     best: tuple[float, np.ndarray] | None = None
     for size in (3, 2, 1):

@@ -3,8 +3,8 @@
 Profiling, calibration, the reference executor and the benches all build CPU
 sessions here, so what is measured is what runs: ``intra_op_num_threads`` =
 the core group's size (never more: two sessions spinning on the same cores
-halve throughput), one inter-op thread, sequential execution, all graph
-optimizations on.  onnxruntime is imported lazily, so importing
+halve throughput), one inter-op thread, sequential execution, no spinning
+after a run, all graph optimizations on.  onnxruntime is imported lazily, so importing
 :mod:`perfmodels` stays free of it.
 """
 
@@ -30,9 +30,8 @@ MIN_RUNS = 3  # fewer samples make the median meaningless
 MAX_RUNS = 25  # with repeats=None, never more timed runs than this or than fit the budget
 
 
-def cpu_session(model: ModelSource, threads: int = 1, profile_prefix: str | None = None
-                ) -> ort.InferenceSession:
-    """A CPU session with a worker's options; ONNX Runtime profiling on when ``profile_prefix`` is set."""
+def session_options(threads: int = 1) -> ort.SessionOptions:
+    """The options of every CPU session hetsched makes (workers, profiling, calibration, benches)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -40,6 +39,20 @@ def cpu_session(model: ModelSource, threads: int = 1, profile_prefix: str | None
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.log_severity_level = 3  # ORT's own warnings (unused initializers...) are noise here
+    # Several sessions share each core (one per stage; wide and narrow workers; the profiler's
+    # plain and profiled sessions), and an ORT pool whose threads spin after a run steals the core
+    # from the next session: GoogLeNet's 0.8/0.2 parts ran in 45 ms one after another instead of
+    # the whole model's 23 ms, and 2-thread profiles timed the whole model ~2x too slow.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
+def cpu_session(model: ModelSource, threads: int = 1, profile_prefix: str | None = None
+                ) -> ort.InferenceSession:
+    """A CPU session with a worker's options; ONNX Runtime profiling on when ``profile_prefix`` is set."""
+    import onnxruntime as ort
+
+    options = session_options(threads)
     if profile_prefix is not None:
         options.enable_profiling = True
         options.profile_file_prefix = profile_prefix

@@ -10,20 +10,34 @@ from perfmodels.composition import CompositionModel, CompositionSample, fit_comp
 
 
 def parts(alpha: float, c0: float, c1: float) -> list[CompositionSample]:
-    shapes = [(0.004, 10), (0.010, 40), (0.001, 3), (0.020, 90), (0.0005, 12), (0.007, 25)]
-    return [CompositionSample(s, n, alpha * s + c0 * n + c1) for s, n in shapes]
+    shapes = [(0.004, 10, 0.2), (0.010, 40, 0.5), (0.001, 3, 0.8), (0.020, 90, 0.3), (0.0005, 12, 0.1),
+              (0.007, 25, 1.0)]
+    return [CompositionSample(s, n, alpha * s + c0 * n + c1 * (1 - f), f) for s, n, f in shapes]
 
 
 def test_recovers_known_coefficients() -> None:
     model = fit_composition("cpu:1t", parts(0.9, 2e-6, 3e-5))
     assert (model.alpha, model.c0_s, model.c1_s) == pytest.approx((0.9, 2e-6, 3e-5), rel=1e-6)
     assert model.rel_rmse < 1e-9
-    assert model.predict(0.01, 20) == pytest.approx(0.9 * 0.01 + 2e-6 * 20 + 3e-5)
+    assert model.predict(0.01, 20, 0.25) == pytest.approx(0.9 * 0.01 + 2e-6 * 20 + 3e-5 * 0.75)
+
+
+def test_the_call_cost_is_not_counted_twice() -> None:
+    """A model of 10 us of compute and an 8 us session call, measured whole in 18 us, split in
+    halves: each half's scaled node sum (9 us) already holds half the call, so it takes 13 us.
+    The fit finds alpha = 1 and c1 = the call, and predicts the whole model as measured."""
+    call, compute = 8e-6, 10e-6
+    whole = call + compute
+    samples = [CompositionSample(share * whole, nodes, call + share * compute, share)
+               for share, nodes in [(0.5, 3), (0.5, 7), (0.25, 2), (0.75, 9), (0.1, 1), (0.9, 5)]]
+    model = fit_composition("cpu:1t", samples)
+    assert (model.alpha, model.c1_s) == pytest.approx((1.0, call), rel=1e-6)
+    assert model.predict(whole, 4, 1.0) == pytest.approx(whole, rel=1e-6)
 
 
 def test_coefficients_never_go_negative() -> None:
     """Parts faster than their node sum by a per-node amount would want c0 < 0: it is clamped."""
-    samples = [CompositionSample(s, n, max(1e-6, s - 1e-5 * n)) for s, n in
+    samples = [CompositionSample(s, n, max(1e-6, s - 1e-5 * n), 0.25) for s, n in
                [(0.004, 10), (0.010, 40), (0.001, 3), (0.020, 90)]]
     model = fit_composition("cpu:1t", samples)
     assert min(model.alpha, model.c0_s, model.c1_s) >= 0

@@ -45,6 +45,8 @@ import numpy as np
 from distributed import WorkerPlugin
 from distributed.protocol import to_serialize
 
+from perfmodels.measure import cpu_session
+
 log = logging.getLogger(__name__)
 
 PLUGIN_NAME = "hetsched"
@@ -125,14 +127,7 @@ class HetschedHost(WorkerPlugin):
         return {"status": "ok", "missing": missing}
 
     def _session(self, stage: str, threads: int) -> Any:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # lanes share cores
-        return ort.InferenceSession(self.models[stage], options, providers=["CPUExecutionProvider"])
+        return cpu_session(self.models[stage], threads)  # a local worker's options: lanes share cores
 
     async def unload(self, owner: str, stages: list[str]) -> dict[str, Any]:
         for stage in stages:
