@@ -55,7 +55,7 @@ PLANS = {"80/20": [0.8, 0.2], "4x25": [0.25] * 4}
 BATCHES = (1, 2, 4, 8, 16, 32)
 PREDICTORS = ("naive", "composition", "history", "regression")
 WARM_RUNS = 3  # untimed for the history: a session's first runs are slower (allocation, cold caches)
-MAX_RUNS = 50  # history and test runs per part at most
+MAX_RUNS = 50  # history and test runs per part at most (more only lets drift in: see the note below)
 
 
 def measure_model(name: str, threads: list[int], args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -171,7 +171,9 @@ def markdown(table: dict[str, dict[str, dict[str, float]]], rows: list[dict[str,
     lines = [
         "## Perf model accuracy (bench/perfmodel_accuracy.py)", "",
         f"`python bench/perfmodel_accuracy.py --threads {args.threads} --max-run-s {args.max_run_s}` on "
-        f"{date.today()}, {platform.node()} (2-core shared VM), Python {platform.python_version()}. "
+        f"{date.today()}, {platform.node()} (2-core shared VM), Python {platform.python_version()}"
+        + (f"; then `--append --models {args.models}` re-measured those models and refitted every "
+           "predictor over all rows. " if args.append else ". ") +
         f"{len(rows)} part measurements (median of {args.test}+ runs after {args.train}+ history runs, "
         f"more for parts shorter than {args.budget_s / 5 * 1e3:.0f} ms; 3 warm-up runs before). "
         "Batches stop where the whole model takes longer than --max-run-s per run. "

@@ -52,13 +52,16 @@ class SimulatedExecutor:
         self.started.append((f"{task.job.name}/{task.part}", worker.name))
         heapq.heappush(self._events, (ready + seconds, next(self._order), task))
 
-    def run(self) -> float:
-        """Advance the clock event by event until nothing runs; returns the final time."""
+    def run(self, until_s: float = math.inf) -> float:
+        """Advance the clock event by event until nothing runs, or to ``until_s`` (then submit
+        what arrives at that time: open-loop arrivals); returns the clock's time."""
         assert self.scheduler is not None, "attach the scheduler first"
-        while self._events:
+        while self._events and self._events[0][0] <= until_s:
             when, _, task = heapq.heappop(self._events)
             self.clock.set(when)
             self.scheduler.task_done(task)
+        if math.isfinite(until_s):
+            self.clock.set(max(until_s, self.clock.now()))
         return self.clock.now()
 
 

@@ -53,3 +53,16 @@ def test_naive_sum_ignores_unknown_nodes_and_round_trip() -> None:
     model = fit_composition("cpu:2t", parts(1.1, 0, 1e-4))
     assert CompositionModel.from_dict(model.to_dict()) == model
     assert math.isfinite(model.rel_rmse)
+
+
+def test_parts_the_profile_cannot_explain_do_not_pull_the_fit() -> None:
+    """Ten parts, milliseconds and microseconds, follow alpha = 1, c1 = 5 us exactly; three
+    microsecond parts whose profile is noise run 3x their prediction.  The fit still finds the
+    ten's coefficients (plain least squares finds c1 = 6.7 us)."""
+    small = [(3e-6, 0.2), (6e-6, 0.6), (1e-5, 0.4), (2e-6, 0.1)]
+    consistent = parts(1.0, 0.0, 5e-6) + [CompositionSample(s, 3, s + 5e-6 * (1 - f), f) for s, f in small]
+    noise = [CompositionSample(s, 2, 3 * (s + 5e-6 * (1 - f)), f) for s, f in
+             [(2e-6, 0.3), (4e-6, 0.5), (3e-6, 0.2)]]
+    model = fit_composition("cpu:1t", consistent + noise)
+    assert model.alpha == pytest.approx(1.0, rel=0.02)
+    assert model.c1_s == pytest.approx(5e-6, rel=0.1)
