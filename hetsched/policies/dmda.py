@@ -16,12 +16,21 @@ in time is unknown).
 Wide and narrow workers share cores.  Greedy completion times alone would send
 every task to the wide worker whenever it is faster per task, even under load
 (a narrow worker must wait for the wide one's reservation of its core too), so
-the queue would grow while half the cores' throughput is lost.  Hence a wide
-worker is a candidate only while no task waits for its cores (at most the running
-ones are ahead of it): at low load a request gets every core — also when it
-arrives while another runs, since a narrow worker would have to wait for that one
-too and then run slower — and once a backlog forms the narrow workers keep every
-core busy (StarPU's combined workers, with the mode chosen per task).
+the queue would grow while half the cores' throughput is lost; and a wide worker
+taken whenever it is idle makes the next request wait for it, which on a model
+that scales poorly over threads costs more in the tail than it saves.  So the
+mode is chosen for the load actually offered: the predicted wide and narrow
+seconds of every pushed task, decayed over about LOAD_WINDOW_S, make the wide
+worker an M/D/1 queue and its narrow workers an M/D/c queue, and the wide worker
+is a candidate while its TAIL quantile of time in system (:func:`tail_latency`)
+is at most TAIL_SLACK times theirs; when both would saturate, while it has about
+their capacity (WIDE_EFFICIENCY).  Light load on a model that scales well: every
+request gets every core, as on one session with all threads; heavier load, or
+poor scaling: the narrow workers, as Triton's one instance per core.  Simulated
+(bench/wide_or_narrow.py), its p99 stays within 5% of the better of the two
+static configurations at every load, which neither static one does; until the
+perf models are calibrated, the wide worker is a candidate while no task waits
+for it.  (StarPU's combined workers, with the mode chosen per task.)
 
 Expected free times are kept per core
 (a worker is free when all its cores are), and every assignment reserves its
@@ -36,6 +45,7 @@ flight finishes first); the reservation order between workers is unchanged.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections import deque
@@ -43,9 +53,57 @@ from collections import deque
 from hetsched.policies.base import Policy, PolicyContext
 from hetsched.task import Task, WorkerSpec
 
-# A wide worker that delivers at least this share of its narrow workers' combined throughput
-# stays a candidate under load (StarPU's parallel tasks pay when their efficiency is high).
+# When both modes would saturate, a wide worker that delivers at least this share of its narrow
+# workers' combined throughput stays a candidate (StarPU's parallel tasks pay when efficient).
 WIDE_EFFICIENCY = 0.95
+LOAD_WINDOW_S = 1.0  # the offered load is the work pushed over about the last second
+TAIL = 0.99  # the quantile the wide/narrow choice minimizes
+# ... up to this factor: a wide worker whose tail is about the narrow ones' also gives the lower median
+TAIL_SLACK = 1.05
+
+
+def tail_latency(service_s: float, servers: int, utilization: float) -> float:
+    """Approximate TAIL quantile of the time in system of an M/D/c queue (Poisson arrivals, fixed
+    service, ``servers`` alike, each busy ``utilization`` of the time); infinite at saturation.
+
+    A request waits with Erlang C's probability; given that it waits, its wait is the larger of
+    the residual service of the first of ``servers`` busy ones (a minimum of uniform residuals:
+    right at light load) and an exponential tail ``e^(-theta t)`` whose rate is the Cramér root
+    of the queue seen as one server ``servers`` times faster (right in heavy traffic).  Against
+    Erlang's exact M/D/1 distribution it is within 15% from 20% to 70% load (low at light load);
+    what counts is the choice it drives, which bench/wide_or_narrow.py and the policy tests check
+    against both static configurations."""
+    if utilization >= 1:
+        return math.inf
+    offered = servers * utilization  # in erlangs
+    term, below = 1.0, 1.0  # offered**k / k!, and its sum over k < servers
+    for k in range(1, servers):
+        term *= offered / k
+        below += term
+    top = term * offered / servers / (1 - utilization)  # offered**c / c! * c / (c - offered)
+    waiting = top / (below + top)
+    beyond = 1 - TAIL
+    if waiting <= beyond:
+        return service_s
+    residual = service_s * (1 - (beyond / waiting) ** (1 / servers))
+    theta = _decay_exponent(round(max(utilization, 1e-3), 3)) * servers / service_s
+    return service_s + max(residual, math.log(waiting / beyond) / theta)
+
+
+@functools.lru_cache(maxsize=1024)
+def _decay_exponent(utilization: float) -> float:
+    """The root x > 0 of ``utilization * (e^x - 1) = x`` (the M/D/1 waiting time's tail exponent
+    times the service time), by bisection; cached, since the load is rounded to 0.001."""
+    low, high = 1e-12, 1.0
+    while utilization * math.expm1(high) <= high:
+        high *= 2
+    for _ in range(60):
+        middle = (low + high) / 2
+        if utilization * math.expm1(middle) > middle:
+            high = middle
+        else:
+            low = middle
+    return (low + high) / 2
 
 
 class Dmda(Policy):
@@ -64,6 +122,9 @@ class Dmda(Policy):
         self._slot_names: dict[str, list[str]] = {}
         self._narrow_of: dict[str, list[WorkerSpec]] = {}  # wide worker -> narrow ones on its cores
         self._busy: set[str] = set()  # slots of running tasks
+        # wide worker -> predicted (wide, narrow) seconds of the work offered to its group, decayed
+        self._offered: dict[str, list[float]] = {}
+        self._offered_at: float | None = None
 
     @staticmethod
     def _slots_of(worker: WorkerSpec) -> list[str]:
@@ -99,19 +160,46 @@ class Dmda(Policy):
 
     def _candidates(self, workers: list[WorkerSpec], predicted: dict[str, float], now: float
                     ) -> list[WorkerSpec]:
-        """Eligible workers; a wide one only while no task waits for its cores, unless it is
-        about as efficient as its narrow workers together (then it never loses throughput)."""
-        keep = [w for w in workers
-                if w.name not in self._wide or self._unqueued(w) or self._efficient(w, workers, predicted)]
+        """Eligible workers; a wide one only while it is expected to answer the tail sooner than
+        its narrow workers at the load offered now (see the module doc)."""
+        keep = [w for w in workers if w.name not in self._wide or self._wide_pays(w, predicted)]
         return keep or workers
 
-    def _efficient(self, wide: WorkerSpec, workers: list[WorkerSpec], predicted: dict[str, float]) -> bool:
-        """Wide time <= (narrow time / number of cores) / WIDE_EFFICIENCY, both calibrated."""
-        narrow_s = [predicted[w.name] for w in self._narrow_of[wide.name] if w in workers]
-        wide_s = predicted[wide.name]
-        if not narrow_s or not math.isfinite(wide_s) or not all(math.isfinite(t) for t in narrow_s):
-            return False
-        return wide_s * WIDE_EFFICIENCY <= min(narrow_s) / len(wide.cores)
+    def _group_lengths(self, wide: str, predicted: dict[str, float]) -> tuple[float, float]:
+        """Predicted seconds of the task on a wide worker and on its fastest narrow one (NaN when
+        either is unknown or not eligible)."""
+        narrow = [predicted.get(n.name, math.nan) for n in self._narrow_of[wide]]
+        return predicted.get(wide, math.nan), min(narrow) if narrow else math.nan
+
+    def _decay_offered(self, now: float) -> None:
+        """Age the offered work to ``now`` (exponentially, over about LOAD_WINDOW_S)."""
+        decay = math.exp(-(now - self._offered_at) / LOAD_WINDOW_S) if self._offered_at is not None else 0.0
+        self._offered_at = now
+        for offered in self._offered.values():
+            offered[0] *= decay
+            offered[1] *= decay
+
+    def _offer(self, predicted: dict[str, float]) -> None:
+        """Count a pushed task's predicted work into the load offered to each core group."""
+        lengths = {name: self._group_lengths(name, predicted) for name in self._wide}
+        known = {name: pair for name, pair in lengths.items() if all(map(math.isfinite, pair))}
+        for name, (wide_s, narrow_s) in known.items():  # the task goes to one group: each sees its share
+            offered = self._offered.setdefault(name, [0.0, 0.0])
+            offered[0] += wide_s / len(known)
+            offered[1] += narrow_s / len(known)
+
+    def _wide_pays(self, wide: WorkerSpec, predicted: dict[str, float]) -> bool:
+        """Whether the wide worker is expected to give the lower tail latency at the offered load."""
+        wide_s, narrow_s = self._group_lengths(wide.name, predicted)
+        offered = self._offered.get(wide.name)
+        if offered is None or not (math.isfinite(wide_s) and math.isfinite(narrow_s)):
+            return self._unqueued(wide)  # uncalibrated: one request at a time gets every core
+        cores = len(wide.cores)
+        wide_load = offered[0] / LOAD_WINDOW_S  # utilization of the wide worker if it took everything
+        narrow_load = offered[1] / LOAD_WINDOW_S / cores  # of each narrow worker if they did
+        if wide_load >= 1 and narrow_load >= 1:  # overloaded either way: the higher capacity wins
+            return wide_s * WIDE_EFFICIENCY <= narrow_s / cores
+        return tail_latency(wide_s, 1, wide_load) <= TAIL_SLACK * tail_latency(narrow_s, cores, narrow_load)
 
     def _load(self, worker: WorkerSpec) -> int:
         """Tasks queued or running on the worker: spreads calibration work, whose length is unknown."""
@@ -135,7 +223,11 @@ class Dmda(Policy):
         if not eligible:
             raise RuntimeError(f"{task}: no worker may run it (failed on {sorted(task.failed_on)})")
         predicted = {w.name: ctx.predict_s(task, w) for w in eligible}  # once per push: the hot path
+        if self._wide:  # the wide/narrow choice reads the load offered before this task
+            self._decay_offered(now)
         workers = self._candidates(eligible, predicted, now)
+        if self._wide:
+            self._offer(predicted)
         lengths = [predicted[w.name] for w in workers]
         transfers = [ctx.transfer_s(task, w) for w in workers]
         frees = [self._expected_free_s(w, now) for w in workers]
