@@ -16,6 +16,7 @@ Writes bench/results/compare_triton.json, bench/results/compare_triton_<model>.p
 each server), and its section of bench/RESULTS.md.
 
     PYTHONPATH=. python bench/compare_triton.py [--models googlenet,resnet50,vit-tiny] [--duration 6]
+        [--min-requests 100]
 """
 
 from __future__ import annotations
@@ -100,12 +101,13 @@ def machine_limit(
     return {"rows_per_s_per_core": per_batch, "best_batch": best, "limit_rows_per_s": per_batch[best] * cores}
 
 
-def sweep(url: str, name: str, rates: list[float], duration_s: float) -> list[LoadResult]:
+def sweep(url: str, name: str, rates: list[float], duration_s: float, min_requests: int) -> list[LoadResult]:
     target = Target(url, name)
     closed_loop(target, 2, min(3.0, duration_s))  # warm-up: sessions, caches, the scheduler's history
     results = []
     for rate in rates:
-        result = open_loop(target, rate, duration_s, "poisson", drain_s=max(10.0, duration_s))
+        seconds = max(duration_s, min_requests / rate)  # a p99 of a dozen requests is their maximum
+        result = open_loop(target, rate, seconds, "poisson", drain_s=max(10.0, seconds))
         print(f"    {result.line()}", flush=True)
         results.append(result)
         if result.achieved_rate < 0.5 * rate and rate > rates[0]:  # far past saturation: stop wasting time
@@ -114,7 +116,8 @@ def sweep(url: str, name: str, rates: list[float], duration_s: float) -> list[Lo
 
 
 def run_setup(
-    setup: ServerSetup, name: str, model_path: Path, rates: list[float], duration_s: float, scratch: Path
+    setup: ServerSetup, name: str, model_path: Path, rates: list[float], duration_s: float, min_requests: int,
+    scratch: Path,
 ) -> list[LoadResult]:
     print(f"  {setup.label}", flush=True)
     if setup.server == "hetsched":
@@ -124,12 +127,12 @@ def run_setup(
         if setup.config_pbtxt:
             (repository / name / "config.pbtxt").write_text(setup.config_pbtxt)
         with DaemonProcess(repository, perfmodel_dir=scratch / "perfmodels") as daemon:
-            return sweep(f"grpc://{daemon.grpc}", name, rates, duration_s)
+            return sweep(f"grpc://{daemon.grpc}", name, rates, duration_s, min_requests)
     from hetsched.tritonserver import TritonServer
 
     server = TritonServer({name: model_path}, setup.triton, workdir=scratch / f"triton-{time.time_ns()}")
     try:
-        return sweep(f"grpc://{server.grpc}", name, rates, duration_s)
+        return sweep(f"grpc://{server.grpc}", name, rates, duration_s, min_requests)
     finally:
         server.stop()
 
@@ -216,12 +219,14 @@ def report(
     lines = [
         "## hetsched vs Triton (bench/compare_triton.py)",
         "",
-        f"`PYTHONPATH=. python bench/compare_triton.py --models {args.models} --duration {args.duration}` on "
+        f"`PYTHONPATH=. python bench/compare_triton.py --models {args.models} --duration {args.duration} "
+        f"--min-requests {args.min_requests}` on "
         f"{platform.node()} ({os.cpu_count()} cores, no GPU), {date.today().isoformat()}. Triton 2.51 from "
         "`nvidia-pytriton` 0.7.0 runs the same ONNX file through its Python backend with ONNX Runtime (its "
         "ONNX Runtime backend is not on PyPI); hetsched is `hetsched serve` with its defaults. Same client "
         "(`tritonclient` gRPC), open-loop Poisson arrivals, batch-1 requests, "
-        f"{args.duration:g} s per point; client and server share the machine's cores.",
+        f"{args.duration:g} s per point and at least {args.min_requests} requests; client and server share "
+        "the machine's cores.",
         "",
     ]
     for summary in summaries:
@@ -260,6 +265,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="googlenet,resnet50,vit-tiny")
     parser.add_argument("--duration", type=float, default=6.0, help="seconds per load point (default 6)")
+    parser.add_argument("--min-requests", type=int, default=100,
+                        help="requests per load point at least: low rates run longer (default 100)")
     parser.add_argument(
         "--fractions",
         default=",".join(map(str, FRACTIONS)),
@@ -285,7 +292,8 @@ def main() -> int:
             rates = [max(1.0, round(f * limit["limit_rows_per_s"], 1)) for f in fractions]
             print(f"{name}: machine limit {limit['limit_rows_per_s']:.0f} rows/s; rates {rates}", flush=True)
             runs = {
-                s.label: run_setup(s, name, model_path, rates, args.duration, scratch) for s in setups(cores)
+                s.label: run_setup(s, name, model_path, rates, args.duration, args.min_requests, scratch)
+                for s in setups(cores)
             }
             all_runs[name] = runs
             summaries.append(summarize(name, limit, runs))

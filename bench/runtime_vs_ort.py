@@ -15,7 +15,7 @@ throughputs (2 / one-thread latency).  The scheduler's overhead per task on a ti
 model has a bench of its own, bench/task_overhead.py.  Writes
 bench/results/runtime_vs_ort.json, a PNG and its section of RESULTS.md.
 
-    python bench/runtime_vs_ort.py [--models resnet50,googlenet,vit-tiny] [--seconds 3]
+    python bench/runtime_vs_ort.py [--models resnet50,googlenet,vit-tiny] [--seconds 3] [--min-requests 100]
 """
 
 from __future__ import annotations
@@ -155,7 +155,7 @@ def measure_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
         for poisson in (False, True):
             for fraction in FRACTIONS:
                 rate = fraction * limit
-                count = max(20, int(rate * args.seconds))
+                count = max(args.min_requests, int(rate * args.seconds))
                 point = open_loop(submit, feeds, rate, count, poisson)
                 point.update({"fraction": fraction, "poisson": poisson})
                 points.append(point)
@@ -169,7 +169,8 @@ def measure_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
 
 def markdown(results: dict[str, Any], args: argparse.Namespace) -> str:
     lines = ["## hetsched vs plain ONNX Runtime (bench/runtime_vs_ort.py)", "",
-             f"`python bench/runtime_vs_ort.py --seconds {args.seconds}` on {date.today()}, "
+             f"`python bench/runtime_vs_ort.py --seconds {args.seconds} "
+             f"--min-requests {args.min_requests}` on {date.today()}, "
              f"{platform.node()} "
              "(2-core shared VM, no GPU). Open loop, batch 1; latency includes queueing. Rates are "
              "fractions of the machine limit (2 / one-thread latency). The scheduler's overhead per "
@@ -214,6 +215,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="resnet50,googlenet,vit-tiny")
     parser.add_argument("--seconds", type=float, default=3.0, help="per rate point")
+    parser.add_argument("--min-requests", type=int, default=100,
+                        help="per rate point at least (a p99 of fewer requests is their maximum)")
     parser.add_argument("--configs", default="", help="only these configurations, comma-separated; "
                         "written to a section of their own (e.g. 'ort 1x2t,hetsched auto')")
     args = parser.parse_args()
