@@ -7,11 +7,16 @@ of waiting plus ``compute(N)``; the batch must also keep up with arrivals,
 latency among those that keep up (StarONNX §IV, §VI-B); the batcher flushes when
 that many rows wait, or when the oldest request has waited ``max_delay_s``.
 
-While every worker is busy (``has_capacity()`` is false) the batcher holds what
-arrives instead of queueing it behind the running work one request at a time: a
-worker that frees up then takes up to ``max_batch`` rows at once (Triton's
-dynamic batcher behaves the same way).  So at low load a request leaves at
-once, and under overload batches grow and throughput with them.
+While every worker is busy (``has_capacity()`` is false) and the chooser wants
+batches for the rate seen, the batcher holds what arrives instead of queueing it
+behind the running work one request at a time: a worker that frees up then takes
+up to ``max_batch`` rows at once (Triton's dynamic batcher behaves the same way).
+When the chooser says single requests keep up, nothing is held: on CPU a batch
+of N takes about N times one request, so a held batch only makes its rows wait
+for each other while the other workers could have taken them (measured through
+the daemon: p99 up to 1.5x the unbatched one at light and moderate load, in
+bench/compare_triton.py).  So at low load a request leaves at once, and under
+overload batches grow and throughput with them.
 
 Rows are never mixed: each request's rows are a contiguous slice of the batch,
 and the outputs are cut back at the same offsets.
@@ -147,9 +152,10 @@ class DynamicBatcher:
                 self._cond.wait_for(lambda: self._queue or self._closed)
                 if not self._queue and self._closed:
                     return
-                while not self._closed and self._rows < self.max_batch and not self.has_capacity():
-                    self._cond.wait(self.RECHECK_S)  # every worker busy: let the batch grow
-                want = max(1, min(self.max_batch, self.target(self.rate.per_s)))
+                while (not self._closed and self._rows < self.max_batch and not self.has_capacity()
+                       and self._wanted() > 1):
+                    self._cond.wait(self.RECHECK_S)  # every worker busy, and batches pay: let one grow
+                want = self._wanted()
                 deadline = self._queue[0].arrived_s + self.max_delay_s
                 while self._rows < want and not self._closed:
                     remaining = deadline - self.clock.now()
@@ -158,6 +164,10 @@ class DynamicBatcher:
                     self._cond.wait(remaining)
                 batch = self._take()
             self._launch(batch)
+
+    def _wanted(self) -> int:
+        """Rows to wait for at the rate seen now (the chooser's answer, within 1..max_batch)."""
+        return max(1, min(self.max_batch, self.target(self.rate.per_s)))
 
     def _take(self) -> list[_Pending]:
         """Requests in arrival order up to max_batch rows (at least one, whatever its size)."""

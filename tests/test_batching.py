@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
 from hetsched import zoo
-from hetsched.batching import choose_batch
+from hetsched.batching import DynamicBatcher, choose_batch
+from hetsched.clock import MonotonicClock
 from hetsched.errors import UsageError
 from hetsched.runtime import Runtime
 from hetsched.sequential import run_whole
@@ -58,10 +59,6 @@ def test_a_model_whose_outputs_ignore_the_batch_cannot_be_batched() -> None:
 def test_requests_wait_while_every_worker_is_busy_then_leave_as_one_batch() -> None:
     """Like Triton's dynamic batcher: no capacity, no launch; a worker freeing up takes them all."""
     import threading
-    from concurrent.futures import Future
-
-    from hetsched.batching import DynamicBatcher
-    from hetsched.clock import MonotonicClock
 
     launched: list[int] = []
     capacity = threading.Event()
@@ -87,5 +84,27 @@ def test_requests_wait_while_every_worker_is_busy_then_leave_as_one_batch() -> N
     answers = [f.result(timeout=30)["y"] for f in futures]
     batcher.close()
     assert launched == [3]
+    for i, answer in enumerate(answers):
+        np.testing.assert_array_equal(answer, np.full((1, 2), 2 * i, np.float32))
+
+
+def test_nothing_is_held_while_single_requests_keep_up() -> None:
+    """Every worker busy, but the chooser says batches of one keep up with the rate: requests leave
+    at once (queued behind the running work, where any worker that frees up takes them) instead of
+    waiting for capacity that never comes here."""
+    launched: list[int] = []
+
+    def run_batch(feeds, rows):
+        launched.append(rows)
+        done: Future = Future()
+        done.set_result({"y": feeds["x"] * 2})
+        return done
+
+    batcher = DynamicBatcher(run_batch, max_batch=8, max_delay_s=0.0, clock=MonotonicClock(),
+                             target=lambda rate: 1, has_capacity=lambda: False)
+    futures = [batcher.submit({"x": np.full((1, 2), i, np.float32)}, 1) for i in range(3)]
+    answers = [f.result(timeout=30)["y"] for f in futures]
+    batcher.close()
+    assert sum(launched) == 3
     for i, answer in enumerate(answers):
         np.testing.assert_array_equal(answer, np.full((1, 2), 2 * i, np.float32))
