@@ -24,7 +24,6 @@ import platform
 import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from datetime import date
 from pathlib import Path
@@ -35,6 +34,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
 from results_md import package_version, write_section
+from timing import timed_calls
 
 import hetsched
 from hetsched.daemon.process import DaemonProcess
@@ -66,17 +66,6 @@ def tiny_model() -> onnx.ModelProto:
         weights,
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-
-
-def timed(call: Callable[[], Any], requests: int, warmup: int) -> list[float]:
-    for _ in range(warmup):
-        call()
-    samples = []
-    for _ in range(requests):
-        start = time.perf_counter()
-        call()
-        samples.append(time.perf_counter() - start)
-    return samples
 
 
 def summary(samples: list[float]) -> dict[str, float]:
@@ -131,7 +120,7 @@ def run(requests: int, rounds: int) -> dict[str, Any]:
         try:
             for round_ in range(rounds):
                 for index, (name, call) in enumerate(paths.items()):
-                    samples[name] += timed(call, requests, warmup=requests // 10)
+                    samples[name] += timed_calls(call, requests, warmup=requests // 10)
                     bar(round_ * len(paths) + index + 1, rounds * len(paths))
         finally:
             grpc.close()

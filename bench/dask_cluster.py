@@ -42,6 +42,7 @@ import numpy as np
 from daemon_overhead import WIDTH, tiny_model
 from dask_processes import DaskProcesses
 from results_md import package_version, write_section
+from timing import timed_calls
 
 import hetsched
 from hetsched import zoo
@@ -56,17 +57,6 @@ from partitioner.feeds import random_feeds
 
 HERE = Path(__file__).parent
 NODES = (1, 2, 4, 8, 16, 32, 64)
-
-
-def median_s(call: Callable[[], Any], requests: int) -> list[float]:
-    for _ in range(requests // 10):
-        call()
-    samples = []
-    for _ in range(requests):
-        start = time.perf_counter()
-        call()
-        samples.append(time.perf_counter() - start)
-    return samples
 
 
 def overhead(requests: int, rounds: int) -> dict[str, Any]:
@@ -91,7 +81,7 @@ def overhead(requests: int, rounds: int) -> dict[str, Any]:
         bar = ProgressBar("overhead")
         for round_ in range(rounds):
             for index, (name, call) in enumerate(paths.items()):
-                samples.setdefault(name, []).extend(median_s(call, requests))
+                samples.setdefault(name, []).extend(timed_calls(call, requests, warmup=requests // 10))
                 bar(round_ * len(paths) + index + 1, rounds * len(paths))
         local.close()
         remote.close()

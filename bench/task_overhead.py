@@ -26,17 +26,15 @@ import queue
 import statistics
 import sys
 import threading
-import time
-from collections.abc import Callable
 from concurrent.futures import Future
 from datetime import date
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper
 from results_md import package_version, write_section
+from timing import timed_calls
 
 from hetsched import Runtime
 from perfmodels.measure import cpu_session
@@ -55,15 +53,6 @@ def relu_model() -> onnx.ModelProto:
     return proto
 
 
-def timed(call: Callable[[], Any], requests: int) -> list[float]:
-    samples = []
-    for _ in range(requests):
-        start = time.perf_counter()
-        call()
-        samples.append(time.perf_counter() - start)
-    return samples
-
-
 def thread_round_trip(requests: int) -> list[float]:
     inbox: queue.SimpleQueue[Future[int] | None] = queue.SimpleQueue()
 
@@ -79,7 +68,7 @@ def thread_round_trip(requests: int) -> list[float]:
         inbox.put(future)
         future.result()
 
-    samples = timed(call, requests)
+    samples = timed_calls(call, requests)
     inbox.put(None)
     thread.join()
     return samples
@@ -92,13 +81,14 @@ def measure(requests: int, rounds: int, warmup: int = 300) -> dict[str, list[flo
     session = cpu_session(proto, 1)
     samples: dict[str, list[float]] = {}
     for round_ in range(rounds):
-        samples.setdefault("session.run", []).extend(timed(lambda: session.run(None, feeds), requests))
+        samples.setdefault("session.run", []).extend(timed_calls(lambda: session.run(None, feeds), requests))
         samples.setdefault("thread round trip", []).extend(thread_round_trip(requests))
         for label, config in RUNTIMES.items():
             with Runtime(policy="dmda", **config) as runtime:
                 model = runtime.load(proto)
-                timed(lambda: model.infer(feeds), warmup)  # calibrates every worker first
-                samples.setdefault(label, []).extend(timed(lambda: model.infer(feeds), requests))
+                infer = model.infer
+                # the warm-up calibrates every worker first
+                samples.setdefault(label, []).extend(timed_calls(lambda: infer(feeds), requests, warmup))
         medians = {k: f"{statistics.median(v) * 1e6:.0f}" for k, v in samples.items()}
         print(f"round {round_ + 1}/{rounds}: median µs so far {medians}", flush=True)
     return samples
