@@ -152,8 +152,10 @@ class DynamicBatcher:
                 self._cond.wait_for(lambda: self._queue or self._closed)
                 if not self._queue and self._closed:
                     return
+                held = False
                 while (not self._closed and self._rows < self.max_batch and not self.has_capacity()
                        and self._wanted() > 1):
+                    held = True
                     self._cond.wait(self.RECHECK_S)  # every worker busy, and batches pay: let one grow
                 want = self._wanted()
                 deadline = self._queue[0].arrived_s + self.max_delay_s
@@ -162,18 +164,20 @@ class DynamicBatcher:
                     if remaining <= 0:
                         break
                     self._cond.wait(remaining)
-                batch = self._take()
+                # Held: a worker freeing up takes all that waited.  Otherwise the chooser's size, and
+                # requests that piled up meanwhile leave as batches of their own, for other workers.
+                batch = self._take(self.max_batch if held else want)
             self._launch(batch)
 
     def _wanted(self) -> int:
         """Rows to wait for at the rate seen now (the chooser's answer, within 1..max_batch)."""
         return max(1, min(self.max_batch, self.target(self.rate.per_s)))
 
-    def _take(self) -> list[_Pending]:
-        """Requests in arrival order up to max_batch rows (at least one, whatever its size)."""
+    def _take(self, limit: int) -> list[_Pending]:
+        """Requests in arrival order up to ``limit`` rows (at least one, whatever its size)."""
         taken: list[_Pending] = []
         rows = 0
-        while self._queue and (not taken or rows + self._queue[0].rows <= self.max_batch):
+        while self._queue and (not taken or rows + self._queue[0].rows <= limit):
             item = self._queue.pop(0)
             taken.append(item)
             rows += item.rows
