@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import sys
 from datetime import date
 from pathlib import Path
@@ -36,7 +35,7 @@ from hetsched.clock import FakeClock
 from hetsched.perf import TableOracle
 from hetsched.policies import make_policy
 from hetsched.scheduler import Scheduler
-from hetsched.simulate import SimulatedExecutor, table_duration
+from hetsched.simulate import SimulatedExecutor, poisson_arrivals, table_duration
 from hetsched.task import Job, Task, WorkerSpec
 
 HERE = Path(__file__).parent
@@ -49,25 +48,20 @@ FRACTIONS = (0.1, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 TOLERANCE = 1.05
 
 
+def one_task_job(index: int) -> Job:
+    job = Job(f"r{index}", [[]])
+    job.tasks = [Task("s", 0, job, "x=1", 1)]
+    return job
+
+
 def latencies(workers: list[WorkerSpec], table: dict[tuple[str, str], float], rate_per_s: float,
               requests: int, seed: int = 0) -> list[float]:
     """Seconds from arrival to answer of each of ``requests`` Poisson arrivals."""
-    rng = random.Random(seed)
     clock = FakeClock()
     executor = SimulatedExecutor(clock, table_duration(table))
-    scheduler = Scheduler(make_policy("dmda"), workers, clock=clock, executor=executor,
-                          perf=TableOracle(table))
-    executor.scheduler = scheduler
-    arrivals: list[tuple[float, Job]] = []
-    now = 0.0
-    for index in range(requests):
-        now += rng.expovariate(rate_per_s)
-        executor.run(until_s=now)
-        job = Job(f"r{index}", [[]])
-        job.tasks = [Task("s", 0, job, "x=1", 1)]
-        scheduler.submit(job)
-        arrivals.append((now, job))
-    executor.run()
+    executor.scheduler = Scheduler(make_policy("dmda"), workers, clock=clock, executor=executor,
+                                   perf=TableOracle(table))
+    arrivals = poisson_arrivals(executor, rate_per_s, requests, one_task_job, seed)
     return [job.tasks[0].end_s - arrived for arrived, job in arrivals]
 
 

@@ -12,11 +12,12 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
+import random
 from collections.abc import Callable, Mapping
 
 from hetsched.clock import FakeClock
 from hetsched.scheduler import Scheduler
-from hetsched.task import Task, WorkerSpec
+from hetsched.task import Job, Task, WorkerSpec
 
 
 class SimulatedExecutor:
@@ -63,6 +64,24 @@ class SimulatedExecutor:
         if math.isfinite(until_s):
             self.clock.set(max(until_s, self.clock.now()))
         return self.clock.now()
+
+
+def poisson_arrivals(executor: SimulatedExecutor, rate_per_s: float, requests: int,
+                     make_job: Callable[[int], Job], seed: int = 0) -> list[tuple[float, Job]]:
+    """Submit ``requests`` jobs (``make_job(index)``) at seeded Poisson arrival times, each when
+    the clock reaches it (open loop), run to the end; returns (arrival time, job) pairs."""
+    assert executor.scheduler is not None, "attach the scheduler first"
+    rng = random.Random(seed)
+    arrivals = []
+    now = 0.0
+    for index in range(requests):
+        now += rng.expovariate(rate_per_s)
+        executor.run(until_s=now)
+        job = make_job(index)
+        executor.scheduler.submit(job)
+        arrivals.append((now, job))
+    executor.run()
+    return arrivals
 
 
 def table_duration(seconds: Mapping[tuple[str, str], float]) -> Callable[[Task, WorkerSpec], float]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
@@ -56,6 +57,16 @@ def test_a_model_whose_outputs_ignore_the_batch_cannot_be_batched() -> None:
         runtime.load(zoo.build("control-flow"), max_batch=4)
 
 
+def doubling(launched: list[int]) -> Callable[[dict[str, np.ndarray], int], Future]:
+    """A ``run_batch`` answering at once with twice the input; records each batch's rows."""
+    def run_batch(feeds: dict[str, np.ndarray], rows: int) -> Future:
+        launched.append(rows)
+        done: Future = Future()
+        done.set_result({"y": feeds["x"] * 2})
+        return done
+    return run_batch
+
+
 def test_requests_wait_while_every_worker_is_busy_then_leave_as_one_batch() -> None:
     """Like Triton's dynamic batcher: no capacity, no launch; a worker freeing up takes them all."""
     import threading
@@ -68,13 +79,7 @@ def test_requests_wait_while_every_worker_is_busy_then_leave_as_one_batch() -> N
         asked.set()
         return capacity.is_set()
 
-    def run_batch(feeds, rows):
-        launched.append(rows)
-        done: Future = Future()
-        done.set_result({"y": feeds["x"] * 2})
-        return done
-
-    batcher = DynamicBatcher(run_batch, max_batch=8, max_delay_s=0.0, clock=MonotonicClock(),
+    batcher = DynamicBatcher(doubling(launched), max_batch=8, max_delay_s=0.0, clock=MonotonicClock(),
                              has_capacity=has_capacity)
     futures = [batcher.submit({"x": np.full((1, 2), i, np.float32)}, 1) for i in range(3)]
     assert asked.wait(30)
@@ -94,13 +99,7 @@ def test_nothing_is_held_while_single_requests_keep_up() -> None:
     instead of waiting for capacity that never comes here or leaving as one batch for one worker."""
     launched: list[int] = []
 
-    def run_batch(feeds, rows):
-        launched.append(rows)
-        done: Future = Future()
-        done.set_result({"y": feeds["x"] * 2})
-        return done
-
-    batcher = DynamicBatcher(run_batch, max_batch=8, max_delay_s=0.0, clock=MonotonicClock(),
+    batcher = DynamicBatcher(doubling(launched), max_batch=8, max_delay_s=0.0, clock=MonotonicClock(),
                              target=lambda rate: 1, has_capacity=lambda: False)
     futures = [batcher.submit({"x": np.full((1, 2), i, np.float32)}, 1) for i in range(3)]
     answers = [f.result(timeout=30)["y"] for f in futures]

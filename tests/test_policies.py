@@ -4,7 +4,6 @@ schedule's invariants (dependencies respected, each task once) in every test."""
 from __future__ import annotations
 
 import math
-import random
 
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ from hetsched.perf import TableOracle
 from hetsched.policies import POLICIES, make_policy
 from hetsched.policies.dmda import tail_latency
 from hetsched.scheduler import Scheduler
-from hetsched.simulate import SimulatedExecutor, table_duration
+from hetsched.simulate import SimulatedExecutor, poisson_arrivals, table_duration
 from hetsched.task import Job, Task, TaskState, WorkerSpec
 
 GPU = WorkerSpec("gpu0", "cuda:sim", "cuda:0", (), "cuda")
@@ -108,22 +107,13 @@ def test_a_lone_request_gets_both_cores_and_a_burst_goes_to_the_narrow_workers()
 def open_loop_latencies(workers: list[WorkerSpec], table: dict[tuple[str, str], float], rate_per_s: float,
                         requests: int = 1500) -> list[float]:
     """Seconds from arrival to end of one-task requests arriving as a (seeded) Poisson process."""
-    rng = random.Random(0)
     clock = FakeClock()
     executor = SimulatedExecutor(clock, table_duration(table))
-    scheduler = Scheduler(make_policy("dmda"), workers, clock=clock, executor=executor,
-                          perf=TableOracle(table))
-    executor.scheduler = scheduler
+    executor.scheduler = Scheduler(make_policy("dmda"), workers, clock=clock, executor=executor,
+                                   perf=TableOracle(table))
     done: list[Job] = []
-    arrivals = []
-    now = 0.0
-    for index in range(requests):
-        now += rng.expovariate(rate_per_s)
-        executor.run(until_s=now)
-        job = make_job(f"r{index:05d}", ["s"], [[]], done)
-        scheduler.submit(job)
-        arrivals.append((now, job))
-    executor.run()
+    arrivals = poisson_arrivals(executor, rate_per_s, requests,
+                                lambda index: make_job(f"r{index:05d}", ["s"], [[]], done))
     check_invariants([job for _, job in arrivals], done, executor)
     return [job.tasks[0].end_s - arrived for arrived, job in arrivals]
 
