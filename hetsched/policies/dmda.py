@@ -26,11 +26,15 @@ is a candidate while its TAIL quantile of time in system (:func:`tail_latency`)
 is at most TAIL_SLACK times theirs; when both would saturate, while it has about
 their capacity (WIDE_EFFICIENCY).  Light load on a model that scales well: every
 request gets every core, as on one session with all threads; heavier load, or
-poor scaling: the narrow workers, as Triton's one instance per core.  Simulated
-(bench/wide_or_narrow.py), its p99 stays within 5% of the better of the two
-static configurations at every load, which neither static one does; until the
-perf models are calibrated, the wide worker is a candidate while no task waits
-for it.  (StarPU's combined workers, with the mode chosen per task.)
+poor scaling: the narrow workers, as Triton's one instance per core.  A request
+that finds the whole group idle always may take the wide worker: a client sending
+one request at a time keeps the group busy all the time (the load estimate says
+saturated) though nobody ever waits.  Simulated (bench/wide_or_narrow.py), its
+p99 stays within 5% of the better of the two static configurations at every load
+on models that scale well; on one that scales poorly the idle rule costs up to
+about 1.4x the narrow workers' p99 at light load, for a lower median.  Until the perf
+models are calibrated, the wide worker is a candidate while no task waits for it.
+(StarPU's combined workers, with the mode chosen per task.)
 
 Expected free times are kept per core
 (a worker is free when all its cores are), and every assignment reserves its
@@ -162,7 +166,8 @@ class Dmda(Policy):
                     ) -> list[WorkerSpec]:
         """Eligible workers; a wide one only while it is expected to answer the tail sooner than
         its narrow workers at the load offered now (see the module doc)."""
-        keep = [w for w in workers if w.name not in self._wide or self._wide_pays(w, predicted)]
+        keep = [w for w in workers
+                if w.name not in self._wide or self._idle(w) or self._wide_pays(w, predicted)]
         return keep or workers
 
     def _group_lengths(self, wide: str, predicted: dict[str, float]) -> tuple[float, float]:
@@ -205,6 +210,11 @@ class Dmda(Policy):
         """Tasks queued or running on the worker: spreads calibration work, whose length is unknown."""
         running = bool(self._busy.intersection(self._slots(worker)))
         return len(self._queues.get(worker.name, ())) + int(running)
+
+    def _idle(self, worker: WorkerSpec) -> bool:
+        """Nothing runs on the worker's cores and nothing waits for them."""
+        slots = self._slots(worker)
+        return self._unqueued(worker) and not self._busy.intersection(slots)
 
     def _unqueued(self, worker: WorkerSpec) -> bool:
         """No task waits for the worker's cores (tasks may be running on them)."""
