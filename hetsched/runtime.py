@@ -248,7 +248,7 @@ class Runtime:
                        else HistoryOracle(history, self.executor.bus))
         self.tracer = TraceRecorder() if trace else None
         self.scheduler = Scheduler(make_policy(policy), list(self.executor.specs), clock=MonotonicClock(),
-                                   executor=self.executor, perf=self.oracle, can_run=_may_run,
+                                   executor=self.executor, perf=self.oracle,
                                    instruments=[*instruments, *([self.tracer] if self.tracer else [])])
         self.executor.report = self.scheduler.task_done
         self.executor.on_join = self._joined
@@ -382,6 +382,7 @@ class Runtime:
                   on_done=self._job_done)
         request_footprint = model.footprint_of(feeds)  # keys the history
         job.tasks = [Task(stage, index, job, request_footprint, data.batch, priority=-sequence,
+                          allowed=model.pin.get(index),
                           input_nodes={n: {CLIENT_MEMORY} if n in feeds else set() for n in io[0]},
                           input_bytes={n: feeds[n].nbytes for n in io[0] if n in feeds})
                      for index, (stage, io) in enumerate(zip(model.stages, model.part_io))]
@@ -507,12 +508,6 @@ class _RecordingOracle(HistoryOracle):
         super().record(task, worker, duration_s)
         if duration_s > 0:
             self.recorded.record(HistoryKey(task.stage, worker.arch, task.footprint), duration_s)
-
-
-def _may_run(task: Task, worker: WorkerSpec) -> bool:
-    """The scheduler's filter: a pinned part runs only on its workers."""
-    data = task.job.payload
-    return data is None or data.model.may_run(task.part, worker)
 
 
 def rows_independent(model: onnx.ModelProto) -> bool:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -92,7 +92,6 @@ class Scheduler:
         clock: Clock,
         executor: Executor,
         perf: PerfOracle,
-        can_run: Callable[[Task, WorkerSpec], bool] = lambda task, worker: True,
         instruments: Sequence[Instrument] = (),
     ) -> None:
         if not workers:
@@ -110,7 +109,7 @@ class Scheduler:
         self._counts = {"submitted": 0, "finished": 0, "failed": 0, "done": 0, "retried": 0}
         policy.attach(PolicyContext(
             workers=self.workers, clock=clock, predict_s=perf.predict, transfer_s=perf.transfer,
-            prefetch=executor.prefetch, can_run=can_run,
+            prefetch=executor.prefetch,
         ))
 
     # -- entry points -----------------------------------------------------------------------
@@ -250,24 +249,31 @@ class Scheduler:
             finished.append(task.job)
 
     def _dispatch(self, finished: list[Job]) -> None:
-        """Offer every idle worker whose cores are free a task, until none takes one."""
-        progress = True
-        while progress:
-            progress = False
+        """Offer every idle worker whose cores are free a task.
+
+        One pass suffices, since a start never lets a worker passed over take a task: the started
+        task's cores are busy now.  Another pass follows only when a task left a policy's queue
+        without running (its job failed, or its worker refused it), which may expose a
+        reservation, or a pushed task, that a worker passed over can take."""
+        again = True
+        while again:
+            again = False
+            running, busy = self._running, self._busy_cores
             for worker in self.workers:
-                if worker.name in self._running or self._busy_cores.intersection(worker.cores):
+                if worker.name in running or not busy.isdisjoint(worker.cores):
                     continue
                 task = self.policy.pop(worker)
                 while task is not None and task.job.error is not None:  # its job already failed
                     self.policy.on_done(task, worker, 0.0)  # the policy counted it as started
                     task.state = TaskState.FAILED
                     self._task_closed(task, finished)
+                    again = True
                     task = self.policy.pop(worker)
-                if task is not None:
-                    self._start(task, worker, finished)
-                    progress = True
+                if task is not None and not self._start(task, worker, finished):
+                    again = True
 
-    def _start(self, task: Task, worker: WorkerSpec, finished: list[Job]) -> None:
+    def _start(self, task: Task, worker: WorkerSpec, finished: list[Job]) -> bool:
+        """Run ``task`` on ``worker``; False when the worker refused it (the task failed or was retried)."""
         now = self.clock.now()
         task.state = TaskState.RUNNING
         task.worker = worker
@@ -284,6 +290,8 @@ class Scheduler:
             self._busy_cores.difference_update(worker.cores)
             task.end_s = now
             self._failed(task, worker, exc, now, finished)
+            return False
+        return True
 
     def _emit(self, event: str, task: Task, worker: WorkerSpec | None, when_s: float) -> None:
         for instrument in self.instruments:

@@ -55,6 +55,7 @@ class Task:
         priority: higher runs first where a policy honours priorities (dmdas).
         input_bytes: bytes of each input, for transfer estimates (name -> nbytes).
         input_nodes: memory nodes where each input has a copy now (name -> set of nodes).
+        allowed: names of the only workers that may run it (a pinned part), None for any worker.
         predicted_s / worker / times: filled by the scheduler and its policy.
         compute_s: set by an executor whose worker timed the compute itself.
     """
@@ -67,6 +68,7 @@ class Task:
     priority: int = 0
     input_bytes: dict[str, int] = field(default_factory=dict)
     input_nodes: dict[str, set[str]] = field(default_factory=dict)
+    allowed: frozenset[str] | None = None
     id: int = field(default_factory=lambda: next(_ids))
     state: TaskState = TaskState.WAITING
     worker: WorkerSpec | None = None

@@ -211,11 +211,11 @@ def test_a_task_no_worker_can_run_fails_its_job_instead_of_hanging(policy: str) 
     clock = FakeClock()
     table = {("s", "cpu:1t"): 0.01}
     executor = SimulatedExecutor(clock, table_duration(table))
-    scheduler = Scheduler(make_policy(policy), [CPU], clock=clock, executor=executor, perf=TableOracle(table),
-                          can_run=lambda task, worker: task.stage != "nowhere")
+    scheduler = Scheduler(make_policy(policy), [CPU], clock=clock, executor=executor, perf=TableOracle(table))
     executor.scheduler = scheduler
     done: list[Job] = []
     stuck, fine = make_job("stuck", ["s", "nowhere"], [[], [0]], done), make_job("fine", ["s"], [[]], done)
+    stuck.tasks[1].allowed = frozenset()  # pinned to no worker at all
     scheduler.submit(stuck)
     scheduler.submit(fine)
     executor.run()

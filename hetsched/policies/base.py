@@ -40,14 +40,20 @@ class PolicyContext:
 
     workers: Sequence[WorkerSpec]
     clock: Clock
-    predict_s: Callable[[Task, WorkerSpec], float]  # compute seconds, NaN when not calibrated
-    transfer_s: Callable[[Task, WorkerSpec], float]  # seconds to bring the inputs to the worker
+    # compute seconds, NaN when not calibrated; depends on the worker only through its arch
+    predict_s: Callable[[Task, WorkerSpec], float]
+    # seconds to bring the inputs to the worker; depends on it only through its memory node
+    transfer_s: Callable[[Task, WorkerSpec], float]
     prefetch: Callable[[Task, WorkerSpec], None]  # start moving the inputs there now
-    can_run: Callable[[Task, WorkerSpec], bool]  # the worker has a session for the task's stage
 
-    def eligible(self, task: Task) -> list[WorkerSpec]:
-        """Workers that may run ``task``: they hold its stage and it has not failed there."""
-        return [w for w in self.workers if w.name not in task.failed_on and self.can_run(task, w)]
+    def eligible(self, task: Task) -> Sequence[WorkerSpec]:
+        """Workers that may run ``task``: among ``task.allowed`` (when set), and it has not failed
+        there.  Read-only: the common case, any worker, returns the scheduler's own list."""
+        allowed, failed = task.allowed, task.failed_on
+        if allowed is None and not failed:
+            return self.workers
+        return [w for w in self.workers
+                if w.name not in failed and (allowed is None or w.name in allowed)]
 
 
 class Policy(ABC):
