@@ -34,6 +34,7 @@ SIGNATURE_OPS = {
     "nfnet-f0-like": {"Conv", "Erf", "Mul", "AveragePool", "GlobalAveragePool", "Sigmoid"},
     "vit-tiny": {"LayerNormalization", "MatMul", "Softmax", "Erf", "Reshape", "Transpose",
                  "Expand"},
+    "yolov8n": {"Conv", "Sigmoid", "Mul", "Split", "Concat", "MaxPool", "Resize", "Softmax"},
     "control-flow": {"If", "Loop", "MatMul", "Relu"},
     "multi-io": {"Gather", "Cast", "MatMul", "Sigmoid"},
     "shared-weight": {"MatMul", "Add", "Tanh"},
@@ -163,9 +164,9 @@ def test_describe_is_one_line(name: str) -> None:
 
 
 def test_names_are_the_documented_models_in_a_stable_order() -> None:
-    assert zoo.NAMES[:8] == ("lenet5", "resnet18", "resnet50", "vgg16", "mobilenetv2",
-                             "googlenet", "nfnet-f0-like", "vit-tiny")
-    assert set(zoo.NAMES[8:]) == set(STRESS)
+    assert zoo.NAMES[:9] == ("lenet5", "resnet18", "resnet50", "vgg16", "mobilenetv2",
+                             "googlenet", "nfnet-f0-like", "vit-tiny", "yolov8n")
+    assert set(zoo.NAMES[9:]) == set(STRESS)
 
 
 @pytest.mark.parametrize("call", [zoo.build, zoo.describe])

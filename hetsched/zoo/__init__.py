@@ -26,7 +26,7 @@ from typing import NamedTuple
 
 import onnx
 
-from hetsched.zoo import cnn, stress, transformer
+from hetsched.zoo import cnn, detector, stress, transformer
 from hetsched.zoo.builder import BATCH_DIM, IR_VERSION, OPSET, GraphBuilder
 from partitioner.errors import UsageError
 
@@ -65,6 +65,10 @@ _ZOO: dict[str, _Entry] = {
     "vit-tiny": _Entry(transformer.vit_tiny, (
         "ViT-Tiny/16: 12 pre-norm blocks, dim 192, 3 heads, MLP 768, class token, "
         "224x224, 1000 classes; attention diamonds on a constant-width residual stream")),
+    "yolov8n": _Entry(detector.yolov8n, (
+        "YOLOv8n detector as exported: C2f/SPPF backbone, PAN neck over 3 scales, decoupled "
+        "head, DFL decoding in the graph, 320x320 -> [N, 84, 2100]; branchy, and scales poorly "
+        "over threads (the wide/narrow trade-off is real)")),
     "control-flow": _Entry(stress.control_flow, (
         "stress: If (cond from sum(x) > 0) and Loop (trip count min(N+1, 4)) whose bodies "
         "read outer-scope tensors and initializers, MLP work before, between, after")),
