@@ -217,10 +217,10 @@ def report(
     summaries: list[dict[str, Any]], runs: dict[str, dict[str, list[LoadResult]]], args: argparse.Namespace
 ) -> str:
     lines = [
-        "## hetsched vs Triton (bench/compare_triton.py)",
+        f"## hetsched vs Triton: {args.models} (bench/compare_triton.py)",
         "",
         f"`PYTHONPATH=. python bench/compare_triton.py --models {args.models} --duration {args.duration} "
-        f"--min-requests {args.min_requests}` on "
+        f"--min-requests {args.min_requests} --section {args.section}` on "
         f"{platform.node()} ({os.cpu_count()} cores, no GPU), {date.today().isoformat()}. Triton 2.51 from "
         "`nvidia-pytriton` 0.7.0 runs the same ONNX file through its Python backend with ONNX Runtime (its "
         "ONNX Runtime backend is not on PyPI); hetsched is `hetsched serve` with its defaults. Same client "
@@ -264,6 +264,9 @@ def report(
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="googlenet,resnet50,vit-tiny")
+    parser.add_argument("--section", default="compare_triton",
+                        help="names the JSON in bench/results and the RESULTS.md section, so a run on other "
+                        "models (say --models yolov8n --section compare_triton_detector) keeps this one")
     parser.add_argument("--duration", type=float, default=6.0, help="seconds per load point (default 6)")
     parser.add_argument("--min-requests", type=int, default=100,
                         help="requests per load point at least: low rates run longer (default 100)")
@@ -305,12 +308,12 @@ def main() -> int:
             m: {label: [asdict(r) for r in rs] for label, rs in runs.items()} for m, runs in all_runs.items()
         },
     }
-    (HERE / "results" / "compare_triton.json").write_text(
+    (HERE / "results" / f"{args.section}.json").write_text(
         json.dumps(document, indent=2, default=_jsonable) + "\n"
     )
     text = report(summaries, all_runs, args)
     print(text)
-    write_section(text, HERE / "RESULTS.md", "compare_triton")
+    write_section(text, HERE / "RESULTS.md", args.section)
     return 0
 
 

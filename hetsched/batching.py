@@ -37,11 +37,15 @@ from hetsched.clock import Clock
 Arrays = dict[str, np.ndarray]
 
 
-def choose_batch(rate_per_s: float, compute_s: Callable[[int], float], max_batch: int) -> int:
+def choose_batch(rate_per_s: float, compute_s: Callable[[int], float], max_batch: int,
+                 rows_per_s: Callable[[int], float] | None = None) -> int:
     """The batch size minimizing expected latency at ``rate_per_s`` while keeping up with it.
 
-    ``compute_s(n)`` is the predicted seconds of a batch of n (NaN when unknown: such
-    sizes are skipped).  With no rate observed yet, or nothing predicted, returns 1.
+    ``compute_s(n)`` is the predicted seconds of one batch of n (its latency); ``rows_per_s(n)``
+    the rows per second the platform sustains in batches of n -- several workers side by side
+    keep up with more than one batch after another, which is all ``n / compute_s(n)`` (the
+    default) says.  NaN means unknown: such sizes are skipped.  With no rate observed yet, or
+    nothing predicted, returns 1.
     """
     if rate_per_s <= 0 or not math.isfinite(rate_per_s):
         return 1
@@ -51,7 +55,9 @@ def choose_batch(rate_per_s: float, compute_s: Callable[[int], float], max_batch
         seconds = compute_s(n)
         if not math.isfinite(seconds) or seconds <= 0:
             continue
-        throughput = n / seconds
+        throughput = rows_per_s(n) if rows_per_s is not None else n / seconds
+        if not math.isfinite(throughput):
+            continue
         if throughput > fallback_rate:
             fallback, fallback_rate = n, throughput
         if throughput < rate_per_s:

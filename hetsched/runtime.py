@@ -180,16 +180,44 @@ class Model:
 
     def predicted_s(self, batch: int) -> float:
         """Predicted seconds of one batch: its parts one after another, each on its fastest kind
-        (NaN until calibrated); what the batch-size chooser weighs."""
+        (NaN until calibrated); the latency the batch-size chooser weighs."""
+        total = 0.0
+        for lengths in self._part_lengths(batch):
+            total += min((s for s in lengths.values() if math.isfinite(s)), default=math.nan)
+        return total
+
+    def rows_per_s(self, batch: int) -> float:
+        """Rows per second the workers sustain in batches of ``batch`` (NaN until calibrated): what
+        the batch-size chooser's "keeps up" reads.  Each core group runs its wide worker or its
+        narrow ones side by side, whichever delivers more; coreless workers (GPU streams, remote
+        nodes) add their own.  A job's parts run one after another on a worker."""
+        per_part = self._part_lengths(batch)
+        seconds = {w.name: sum(lengths.get(w.name, math.nan) for lengths in per_part)
+                   for w in self.runtime.specs}
+
+        def rate(workers: list[WorkerSpec]) -> float:
+            return sum(batch / seconds[w.name] for w in workers)
+
+        total = 0.0
+        for outer in self.runtime.specs:
+            cores = set(outer.cores)
+            if cores and any(cores < set(w.cores) for w in self.runtime.specs):
+                continue  # a narrow worker: counted with its group
+            inner = [w for w in self.runtime.specs if w.cores and set(w.cores) < cores]
+            modes = [r for r in (rate([outer]), rate(inner) if inner else math.nan) if math.isfinite(r)]
+            total += max(modes, default=math.nan)
+        return total
+
+    def _part_lengths(self, batch: int) -> list[dict[str, float]]:
+        """Per part, the predicted seconds of a batch of ``batch`` on each worker that may run it."""
         shapes = {spec.name: tuple(batch if d is None else d for d in spec.shape) for spec in self.inputs}
         probe = Job("probe", [p.depends_on for p in self.plan.parts])
-        total = 0.0
+        lengths = []
         for stage, part in zip(self.stages, self.plan.parts):
             task = Task(stage, part.index, probe, footprint(shapes), batch)
-            predictions = [self.runtime.oracle.predict(task, w) for w in self.runtime.specs
-                           if self.may_run(part.index, w)]
-            total += min((p for p in predictions if math.isfinite(p)), default=math.nan)
-        return total
+            lengths.append({w.name: self.runtime.oracle.predict(task, w) for w in self.runtime.specs
+                            if self.may_run(part.index, w)})
+        return lengths
 
     def infer(self, inputs: Inputs, timeout: float | None = None) -> dict[str, np.ndarray]:
         """Run one request and wait for its outputs (``timeout`` seconds at most, if given)."""
@@ -335,7 +363,8 @@ class Runtime:
                                  "together; load it with max_batch=1")
             loaded.batcher = DynamicBatcher(
                 lambda feeds, rows: self._submit(loaded, feeds, rows), max_batch, max_queue_delay_s,
-                self.scheduler.clock, target=lambda rate: choose_batch(rate, loaded.predicted_s, max_batch),
+                self.scheduler.clock,
+                target=lambda rate: choose_batch(rate, loaded.predicted_s, max_batch, loaded.rows_per_s),
                 has_capacity=self._has_capacity)
         self.models[name] = loaded
         self._batchers = tuple(m.batcher for m in self.models.values() if m.batcher is not None)

@@ -38,6 +38,42 @@ def test_overload_takes_the_best_throughput_and_unknown_sizes_are_skipped() -> N
     assert choose_batch(100.0, lambda n: math.nan if n < 4 else 0.001 * n, 8) == 4
 
 
+def test_keeping_up_counts_workers_side_by_side() -> None:
+    """10 ms a batch on the wide worker but 18 ms per row on each of two narrow workers: one batch
+    after another does 100 rows/s, the two narrow workers together 111; at 105/s single requests
+    keep up, so the chooser must not make them wait for each other."""
+    def compute(n: int) -> float:
+        return 0.004 + 0.006 * n  # 100 rows/s one batch of 1 after another, 125 in batches of 2
+
+    assert choose_batch(105.0, compute, 4) == 2  # judged by one worker alone
+    assert choose_batch(105.0, compute, 4, rows_per_s=lambda n: 2 * n / (0.018 * n)) == 1
+    assert choose_batch(150.0, compute, 4, rows_per_s=lambda n: math.nan if n == 1 else 200.0) == 2
+
+
+def test_the_runtime_counts_a_core_group_in_its_better_mode() -> None:
+    """Wide worker 10 ms a row, narrow ones 18 ms: the group sustains 2 / 18 ms (both narrow busy);
+    with wide 8 ms it is 1 / 8 ms; per batch size, from the history the runtime records."""
+    from partitioner.feeds import random_values
+    from perfmodels.history import HistoryKey
+
+    for wide_s in (0.010, 0.008):
+        with Runtime(workers="1x2", policy="dmda") as runtime:
+            model = runtime.load(zoo.build("lenet5"), max_batch=4)
+            assert math.isnan(model.rows_per_s(1))  # not calibrated: the chooser skips the size
+            wide = next(w for w in runtime.specs if len(w.cores) == 2)
+            for batch in (1, 2):
+                shape = model.footprint_of(random_values(model.input_values, batch))
+                for worker in runtime.specs:
+                    seconds = batch * (wide_s if worker is wide else 0.018)
+                    key = HistoryKey(model.stages[0], worker.arch, shape)
+                    for _ in range(runtime.oracle.history.min_samples):
+                        runtime.oracle.history.record(key, seconds)
+            best = max(1 / wide_s, 2 / 0.018)
+            assert model.rows_per_s(1) == pytest.approx(best)
+            assert model.rows_per_s(2) == pytest.approx(best)
+            assert model.predicted_s(1) == pytest.approx(wide_s)
+
+
 def test_batched_answers_equal_unbatched_onnxruntime() -> None:
     model = zoo.build("lenet5")
     cases = [random_feeds(model, rows, seed=seed) for seed, rows in enumerate([1, 2, 1, 3, 1, 1, 2, 4] * 25)]
