@@ -39,9 +39,9 @@ def test_overload_takes_the_best_throughput_and_unknown_sizes_are_skipped() -> N
 
 
 def test_keeping_up_counts_workers_side_by_side() -> None:
-    """10 ms a batch on the wide worker but 18 ms per row on each of two narrow workers: one batch
-    after another does 100 rows/s, the two narrow workers together 111; at 105/s single requests
-    keep up, so the chooser must not make them wait for each other."""
+    """A batch of n takes 4 + 6n ms on the fastest worker (100 rows/s one request after another),
+    but two narrow workers of 18 ms a row side by side sustain 111: at 105/s single requests keep
+    up, so the chooser must not make them wait for each other."""
     def compute(n: int) -> float:
         return 0.004 + 0.006 * n  # 100 rows/s one batch of 1 after another, 125 in batches of 2
 

@@ -12,7 +12,7 @@ from hetsched.clock import FakeClock
 from hetsched.perf import TableOracle
 from hetsched.policies import POLICIES, make_policy
 from hetsched.policies.dmda import tail_latency
-from hetsched.scheduler import Scheduler
+from hetsched.scheduler import Scheduler, WorkerFault
 from hetsched.simulate import SimulatedExecutor, poisson_arrivals, table_duration
 from hetsched.task import Job, Task, TaskState, WorkerSpec
 
@@ -221,6 +221,41 @@ def test_a_task_no_worker_can_run_fails_its_job_instead_of_hanging(policy: str) 
     executor.run()
     assert {j.name for j in done} == {"stuck", "fine"}
     assert stuck.error is not None and "no worker may run it" in str(stuck.error) and fine.error is None
+
+
+class BrokenWorkerExecutor(SimulatedExecutor):
+    """Refuses every task handed to the worker named ``broken``, as a lost device does."""
+
+    def __init__(self, clock: FakeClock, table: dict[tuple[str, str], float], broken: str) -> None:
+        super().__init__(clock, table_duration(table))
+        self.broken = broken
+
+    def start(self, task: Task, worker: WorkerSpec) -> None:
+        if worker.name == self.broken:
+            raise WorkerFault(f"{worker.name} is gone")
+        super().start(task, worker)
+
+
+@pytest.mark.parametrize("policy", sorted(POLICIES))
+@pytest.mark.parametrize("order", ["slow first", "fast first"])
+def test_a_task_its_worker_refuses_runs_on_another_at_once(policy: str, order: str) -> None:
+    """The fast worker refuses the task; the retry may land on a worker the dispatch pass already
+    went by (the slow one, listed first), which must still take it now: nothing else will happen
+    on this platform to offer it again."""
+    clock = FakeClock()
+    fast = WorkerSpec("fast", "cpu:fast", "host:0", (0,))
+    slow = WorkerSpec("slow", "cpu:slow", "host:0", (1,))
+    table = {("s", "cpu:fast"): 0.001, ("s", "cpu:slow"): 1.0}
+    executor = BrokenWorkerExecutor(clock, table, broken="fast")
+    workers = [slow, fast] if order == "slow first" else [fast, slow]
+    executor.scheduler = Scheduler(make_policy(policy), workers, clock=clock, executor=executor,
+                                   perf=TableOracle(table))
+    done: list[Job] = []
+    job = make_job("r", ["s"], [[]], done)
+    executor.scheduler.submit(job)
+    executor.run()
+    check_invariants([job], done, executor)
+    assert job.error is None and executor.started == [("r/0", "slow")]
 
 
 @pytest.mark.parametrize("policy", sorted(POLICIES))

@@ -40,10 +40,8 @@ class PolicyContext:
 
     workers: Sequence[WorkerSpec]
     clock: Clock
-    # compute seconds, NaN when not calibrated; depends on the worker only through its arch
-    predict_s: Callable[[Task, WorkerSpec], float]
-    # seconds to bring the inputs to the worker; depends on it only through its memory node
-    transfer_s: Callable[[Task, WorkerSpec], float]
+    predict_s: Callable[[Task, WorkerSpec], float]  # compute seconds, NaN when not calibrated
+    transfer_s: Callable[[Task, WorkerSpec], float]  # seconds to bring the inputs to the worker
     prefetch: Callable[[Task, WorkerSpec], None]  # start moving the inputs there now
 
     def eligible(self, task: Task) -> Sequence[WorkerSpec]:

@@ -222,8 +222,10 @@ class Dmda(Policy):
         return not any(self._reservations.get(slot) for slot in self._slots(worker))
 
     def _expected_free_s(self, worker: WorkerSpec, now: float) -> float:
-        free_s = self._free_s
-        return max([now, *(free_s.get(slot, now) for slot in self._slots(worker))])
+        free = now
+        for slot in self._slots(worker):
+            free = max(free, self._free_s.get(slot, now))
+        return free
 
     def push(self, task: Task) -> None:
         ctx = self.context
@@ -231,19 +233,14 @@ class Dmda(Policy):
         eligible = ctx.eligible(task)
         if not eligible:
             raise RuntimeError(f"{task}: no worker may run it (failed on {sorted(task.failed_on)})")
-        # once per push, and once per arch: the hot path, and a group's narrow workers share one
-        by_arch: dict[str, float] = {}
-        predicted = {w.name: by_arch[w.arch] if w.arch in by_arch
-                     else by_arch.setdefault(w.arch, ctx.predict_s(task, w)) for w in eligible}
+        predicted = {w.name: ctx.predict_s(task, w) for w in eligible}  # once per push: the hot path
         if self._wide:  # the wide/narrow choice reads the load offered before this task
             self._decay_offered(now)
         workers = self._candidates(eligible, predicted, now)
         if self._wide:
             self._offer(predicted)
         lengths = [predicted[w.name] for w in workers]
-        by_node: dict[str, float] = {}  # a transfer depends on the worker only through its memory node
-        transfers = [by_node[w.memory_node] if w.memory_node in by_node
-                     else by_node.setdefault(w.memory_node, ctx.transfer_s(task, w)) for w in workers]
+        transfers = [ctx.transfer_s(task, w) for w in workers]
         frees = [self._expected_free_s(w, now) for w in workers]
         uncalibrated = [i for i, length in enumerate(lengths) if not math.isfinite(length)]
         if uncalibrated:

@@ -68,7 +68,7 @@ _ZOO: dict[str, _Entry] = {
     "yolov8n": _Entry(detector.yolov8n, (
         "YOLOv8n detector as exported: C2f/SPPF backbone, PAN neck over 3 scales, decoupled "
         "head, DFL decoding in the graph, 320x320 -> [N, 84, 2100]; branchy, and scales poorly "
-        "over threads (the wide/narrow trade-off is real)")),
+        "over threads (one instance per core outruns one wide session)")),
     "control-flow": _Entry(stress.control_flow, (
         "stress: If (cond from sum(x) > 0) and Loop (trip count min(N+1, 4)) whose bodies "
         "read outer-scope tensors and initializers, MLP work before, between, after")),

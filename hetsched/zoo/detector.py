@@ -2,10 +2,11 @@
 
 Why a detector in the zoo: it is the kind of model where the wide/narrow trade-off
 is real.  Its many small convolutions on small feature maps scale poorly over
-intra-op threads (one session with every core is barely faster than one core),
-so one instance per core has nearly twice the throughput while one wide session
-has the lower latency when idle -- the choice a Triton user must make once and
-hetsched makes per request.  It is also branchy: C2f blocks split and
+intra-op threads, so one instance per core sustains more than one wide session
+(on the 2-core VM, Triton 2x1t about 40 req/s against 1x2t's 26-28:
+bench/compare_triton.py, section compare_triton_detector of bench/RESULTS.md)
+while the wide session has the lower latency when idle -- the choice a Triton
+user must make once and hetsched makes per request.  It is also branchy: C2f blocks split and
 concatenate, the neck joins three scales top-down and bottom-up, and the head
 has two branches per scale, so METIS parts can form cycles.
 
