@@ -60,9 +60,13 @@ class ServerSetup:
 def setups(cores: int) -> list[ServerSetup]:
     from hetsched.tritonserver import TritonConfig
 
+    one_core_groups = f'parameters {{ key: "hetsched.workers" value: {{ string_value: "{cores}x1" }} }}\n'
     made = [
         ServerSetup("hetsched", "hetsched (default)"),
         ServerSetup("hetsched", "hetsched b1", "max_batch_size: 0\n"),
+        # Triton's one instance per core, in hetsched: no wide worker, nothing to choose but which core.
+        # What it loses to Triton's 2x1 is the daemon's own cost; what b1 loses to it, the choices.
+        ServerSetup("hetsched", f"hetsched b1 {cores}x1", "max_batch_size: 0\n" + one_core_groups),
     ]
     for config in (
         TritonConfig(instances=1, threads=cores),
@@ -275,6 +279,9 @@ def main() -> int:
         default=",".join(map(str, FRACTIONS)),
         help="offered rates as fractions of the machine limit",
     )
+    parser.add_argument("--setups", type=lambda text: text.split(","), default=[],
+                        help="only the configurations whose label contains one of these words "
+                        "(e.g. 'b1,2x1t'; default: all)")
     args = parser.parse_args()
     from hetsched.tritonserver import triton_available
 
@@ -294,9 +301,10 @@ def main() -> int:
             limit = machine_limit(model, cores)
             rates = [max(1.0, round(f * limit["limit_rows_per_s"], 1)) for f in fractions]
             print(f"{name}: machine limit {limit['limit_rows_per_s']:.0f} rows/s; rates {rates}", flush=True)
+            chosen = [s for s in setups(cores) if not args.setups or any(w in s.label for w in args.setups)]
             runs = {
                 s.label: run_setup(s, name, model_path, rates, args.duration, args.min_requests, scratch)
-                for s in setups(cores)
+                for s in chosen
             }
             all_runs[name] = runs
             summaries.append(summarize(name, limit, runs))

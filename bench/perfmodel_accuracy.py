@@ -2,24 +2,31 @@
 
 For every zoo model, plans 0.8/0.2 and 4 x 0.25, 1 and 2 threads, batches 1..32
 (batch 1 always; larger ones while the whole-model run fits --max-run-s):
-the parts run on their real inputs; after 3 warm-up runs (a session's first runs are
-slower: allocation, cold caches), the first --train runs feed a history model and the
-next --test runs are the "measured" latency (median); parts shorter than --budget-s / 5
-run more often, as many runs as fit --budget-s (50 at most), because a 20 µs part's
-runs vary by tens of percent on this machine and a served part is timed thousands of
-times anyway.  Predictors:
+the parts run on their real inputs; after 3 warm-up runs per batch (a session's first
+runs are slower: allocation, cold caches), 2 x --runs runs per batch alternate between
+feeding a history model and the "measured" latency (median of its runs), and a part's
+batches take turns, run after run.  Alternating, not the first runs for one and the next
+for the other, nor one batch after another, because this shared VM's speed drifts by
+tens of percent over seconds (a neighbour's burst): taken one after the other, the
+history of a 40 ms part was off by up to 80% of a measurement that followed it, and a
+batch-size fit met a batch measured in a slow spell (128 µs between neighbours of 40):
+that is the machine's drift, not the models' error.  Parts shorter than --budget-s / 5 run more
+often, as many runs as fit --budget-s (50 at most each), because a 20 µs part's runs
+vary by tens of percent here and a served part is timed thousands of times anyway.
+The node profile takes --profile-runs runs (default: as many as fit its budget, as
+``hetsched profile`` does).  Predictors:
 
 - naive: sum of the part's node times (ort-profile of the whole model, same batch and threads);
-- composition: the fitted correction alpha * scaled sum + c0 * nodes + c1 * (1 - share) (the sum
-  scaled so the model's node times add up to its measured run; share = the part's share of
-  them), fitted
-  leaving this model out (the other models' parts only), per thread count;
-- history: the history model (Welford mean, outliers rejected) fed the training runs;
+- share x whole: the part's share of the profile's node times, times the whole model's time as
+  its history says (the whole model is a stage of its own, timed in turn with the parts);
+- composition: the fitted correction alpha * (share x whole) + c0 * nodes + c1 * (1 - share),
+  fitted leaving this model out (the other models' parts only), per thread count;
+- history: the history model (median of its recent window) fed the training runs;
 - regression: batch-size fit over the other batches' history, at held-out batches inside their range.
 
 Writes bench/results/perfmodel_accuracy.json, a PNG and its section of bench/RESULTS.md.
 
-    python bench/perfmodel_accuracy.py [--models a,b] [--threads 1,2] [--max-run-s 0.4]
+    python bench/perfmodel_accuracy.py [--models a,b] [--threads 1,2] [--max-run-s 1.0] [--refit]
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ import time
 from collections import defaultdict
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from results_md import write_section
@@ -53,58 +60,106 @@ from perfmodels.regression import fit_batch_model
 HERE = Path(__file__).parent
 PLANS = {"80/20": [0.8, 0.2], "4x25": [0.25] * 4}
 BATCHES = (1, 2, 4, 8, 16, 32)
-PREDICTORS = ("naive", "composition", "history", "regression")
+PREDICTORS = ("naive", "scaled", "composition", "history", "regression")
+WHOLE = "whole"  # the unpartitioned model, a stage of its own
 WARM_RUNS = 3  # untimed for the history: a session's first runs are slower (allocation, cold caches)
-MAX_RUNS = 50  # history and test runs per part at most (more only lets drift in: see the note below)
+MAX_RUNS = 50  # history runs, and measured runs, per part at most
 
 
 def measure_model(name: str, threads: list[int], args: argparse.Namespace) -> list[dict[str, Any]]:
-    """One row per (plan, part, threads, batch): node sum, node count, history mean, measured median."""
+    """One row per (plan, part, threads, batch): the profile's numbers, history, measured median."""
     model = zoo.build(name)
     base = build_graph(model, batch=1)
     plans = {label: partition(base, ratios) for label, ratios in PLANS.items()}
     rows: list[dict[str, Any]] = []
     for count in threads:
+        started = time.perf_counter()
+        runners = {label: SequentialRunner(r.plan, [p.model for p in r.parts], count)
+                   for label, r in plans.items()}
+        costs: dict[int, NodeCosts] = {}
+        values: dict[int, dict[str, dict[str, np.ndarray]]] = {}  # batch -> plan -> tensor -> value
         for batch in BATCHES:
-            started = time.perf_counter()
-            graph = build_graph(model, batch=batch)
-            costs = profile(graph, threads=count, repeats=3)
-            if batch > 1 and costs.whole_model_s > args.max_run_s:
-                print(f"  {name}: {count}t batch {batch} skipped (whole model {costs.whole_model_s:.2f} s)")
+            profiled = profile(build_graph(model, batch=batch), threads=count,
+                               repeats=args.profile_runs)
+            if batch > 1 and profiled.whole_model_s > args.max_run_s:
+                print(f"  {name}: {count}t batches from {batch} skipped "
+                      f"(whole model {profiled.whole_model_s:.2f} s)")
                 break
+            costs[batch] = profiled
             feeds = random_feeds(model, batch)
-            for label, result in plans.items():
-                rows += _measure_plan(name, label, result, feeds, costs, count, batch, args)
-            elapsed = time.perf_counter() - started
-            print(f"  {name}: {count}t batch {batch} done in {elapsed:.1f} s", flush=True)
+            values[batch] = {label: runner.run_all(feeds) for label, runner in runners.items()}
+            values[batch][WHOLE] = feeds
+        stages = [_Stage(WHOLE, 0, model, list(values[1][WHOLE]))]
+        stages += [_Stage(label, part.index, source.model, part.inputs) for label, result in plans.items()
+                   for part, source in zip(result.plan.parts, result.parts)]
+        samples = _take_turns(stages, values, count, args)
+        for label, index, _, _ in stages[1:]:
+            part = plans[label].plan.parts[index]
+            for batch, node_costs in costs.items():
+                taken, whole = samples[(label, part.index, batch)], samples[(WHOLE, 0, batch)]
+                value = values[batch][label]
+                rows.append({
+                    "model": name, "plan": label, "part": part.index, "threads": count, "batch": batch,
+                    "nodes": len(part.nodes), "node_sum_s": naive_sum(node_costs.seconds, part.nodes),
+                    "scaled_sum_s": scaled_node_sum(node_costs, part.nodes),
+                    "share": node_share(node_costs, part.nodes),
+                    "inputs": len(part.inputs), "outputs": len(part.outputs),
+                    "io_bytes": sum(_nbytes(value[n]) for n in [*part.inputs, *part.outputs]),
+                    "whole_history_s": _history(whole), "history_s": _history(taken),
+                    "measured_s": statistics.median(taken[1::2]),
+                })
+        elapsed = time.perf_counter() - started
+        print(f"  {name}: {count}t batches {','.join(map(str, costs))} done in {elapsed:.1f} s", flush=True)
     return rows
 
 
-def _measure_plan(name: str, label: str, result: Any, feeds: dict[str, np.ndarray],
-                  costs: NodeCosts, threads: int, batch: int,
-                  args: argparse.Namespace) -> list[dict[str, Any]]:
-    sources = [p.model for p in result.parts]
-    values = SequentialRunner(result.plan, sources, threads).run_all(feeds)
-    rows = []
-    history = HistoryModel(min_samples=3)  # samples 4 and 5 may be rejected as outliers
-    for part, source in zip(result.plan.parts, sources):
-        inputs = {n: values[n] for n in part.inputs}
-        session = cpu_session(source, threads)
-        once_s = min(timed_runs(session, inputs, WARM_RUNS))  # the first runs allocate and warm caches
-        train, test = (max(count, min(MAX_RUNS, int(args.budget_s / max(once_s, 1e-9))))
-                       for count in (args.train, args.test))
-        samples = timed_runs(session, inputs, train + test)
-        key = HistoryKey(f"part{part.index}", f"cpu:{threads}t", f"batch={batch}")
-        for sample in samples[:train]:
-            history.record(key, sample)
-        rows.append({
-            "model": name, "plan": label, "part": part.index, "threads": threads, "batch": batch,
-            "nodes": len(part.nodes), "node_sum_s": naive_sum(costs.seconds, part.nodes),
-            "scaled_sum_s": scaled_node_sum(costs, part.nodes), "share": node_share(costs, part.nodes),
-            "history_s": history.predict(key),
-            "measured_s": statistics.median(samples[train:]),
-        })
-    return rows
+class _Stage(NamedTuple):
+    label: str  # WHOLE or a plan's label
+    index: int  # the part's index (0 for the whole model)
+    source: Any  # its model
+    inputs: list[str]
+
+
+def _take_turns(stages: list[_Stage],
+                values: dict[int, dict[str, dict[str, np.ndarray]]], threads: int,
+                args: argparse.Namespace) -> dict[tuple[str, int, int], list[float]]:
+    """Seconds of every run of every stage (the whole model and each plan's parts) at every batch.
+
+    All of them take turns, run after run, each at its share of the runs (the one furthest
+    behind its count goes next), so that the machine's drift hits them alike: the parts and the
+    whole model they are compared with are timed over the same stretch of time.
+    """
+    sessions, inputs, wanted = {}, {}, {}
+    for label, index, source, names in stages:
+        session = sessions[(label, index)] = cpu_session(source, threads)
+        for batch, by_plan in values.items():
+            key = (label, index, batch)
+            feeds = inputs[key] = {n: by_plan[label][n] for n in names}
+            once_s = min(timed_runs(session, feeds, WARM_RUNS))  # the first runs allocate, warm caches
+            wanted[key] = 2 * max(args.runs, min(MAX_RUNS, int(args.budget_s / max(once_s, 1e-9))))
+    samples: dict[tuple[str, int, int], list[float]] = {key: [] for key in inputs}
+    # Batch-major, so that every run follows another stage's run: stage-major, a stage's batch 1
+    # always followed another session and its batch 2 its own batch 1 (warm), which made batch 1 of
+    # microsecond parts 20-40% slower than batch 2 and threw every batch-size fit through it off.
+    order = sorted(inputs, key=lambda key: key[2])
+    while True:  # the key furthest behind runs next: every stage is timed over the same stretch
+        key = min(order, key=lambda k: len(samples[k]) / wanted[k])
+        if len(samples[key]) >= wanted[key]:
+            return samples
+        samples[key] += timed_runs(sessions[key[:2]], inputs[key], 1)
+
+
+def _history(samples: list[float]) -> float:
+    """What the history model predicts after the even runs (the odd ones are the measurement)."""
+    history = HistoryModel(min_samples=3)
+    key = HistoryKey("stage", "cpu", "batch")
+    for sample in samples[0::2]:
+        history.record(key, sample)
+    return history.predict(key)
+
+
+def _nbytes(value: Any) -> int:
+    return int(getattr(value, "nbytes", 0))
 
 
 def predict_all(rows: list[dict[str, Any]]) -> None:
@@ -112,18 +167,20 @@ def predict_all(rows: list[dict[str, Any]]) -> None:
     by_threads: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         by_threads[row["threads"]].append(row)
+    for r in rows:
+        r["naive_s"] = r["node_sum_s"]
+        r["scaled_s"] = r["share"] * r["whole_history_s"]  # the profile's share of the model's time
     for count, group in by_threads.items():
         for name in {r["model"] for r in group}:
-            others = [CompositionSample(r["scaled_sum_s"], r["nodes"], r["measured_s"], r["share"])
+            others = [CompositionSample(r["scaled_s"], r["nodes"], r["measured_s"], r["share"])
                       for r in group if r["model"] != name]
             fit = fit_composition(f"cpu:{count}t", others) if len(others) >= 2 else None
             for r in group:
                 if r["model"] == name:
-                    r["composition_s"] = (fit.predict(r["scaled_sum_s"], r["nodes"], r["share"]) if fit
+                    r["composition_s"] = (fit.predict(r["scaled_s"], r["nodes"], r["share"]) if fit
                                           else float("nan"))
     series: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
-        r["naive_s"] = r["node_sum_s"]
         series[(r["model"], r["plan"], r["part"], r["threads"])].append(r)
     for points in series.values():
         for r in points:
@@ -154,8 +211,9 @@ def plot(table: dict[str, dict[str, dict[str, float]]], path: Path) -> None:
     models = list(table)
     fig, ax = plt.subplots(figsize=(13, 5))
     for i, predictor in enumerate(PREDICTORS):
-        ax.bar(np.arange(len(models)) + (i - 1.5) * 0.2, [table[m][predictor]["mape"] for m in models],
-               width=0.2, label=predictor)
+        width = 0.8 / len(PREDICTORS)
+        ax.bar(np.arange(len(models)) + (i - (len(PREDICTORS) - 1) / 2) * width,
+               [table[m][predictor]["mape"] for m in models], width=width, label=predictor)
     ax.axhline(5, color="black", linewidth=0.8, linestyle="--")
     ax.set_yscale("log")
     ax.set_ylabel("MAPE of part latency, % (log)")
@@ -167,19 +225,18 @@ def plot(table: dict[str, dict[str, dict[str, float]]], path: Path) -> None:
 
 
 def markdown(table: dict[str, dict[str, dict[str, float]]], rows: list[dict[str, Any]],
-             args: argparse.Namespace) -> str:
+             measured: dict[str, Any]) -> str:
     lines = [
         "## Perf model accuracy (bench/perfmodel_accuracy.py)", "",
-        f"`python bench/perfmodel_accuracy.py --threads {args.threads} --max-run-s {args.max_run_s}` on "
-        f"{date.today()}, {platform.node()} (2-core shared VM), Python {platform.python_version()}"
-        + (f"; then `--append --models {args.models}` re-measured those models and refitted every "
-           "predictor over all rows. " if args.append else ". ") +
-        f"{len(rows)} part measurements (median of {args.test}+ runs after {args.train}+ history runs, "
-        f"more for parts shorter than {args.budget_s / 5 * 1e3:.0f} ms; 3 warm-up runs before). "
+        f"`{measured['command']}` on {measured['date']}, {measured['host']} (2-core shared VM), "
+        f"Python {measured['python']}. {len(rows)} part measurements: per part and batch, the median of "
+        f"{measured['runs']}+ runs alternating with as many history runs (more for parts shorter than "
+        f"{measured['budget_s'] / 5 * 1e3:.0f} ms), a part's batches taking turns; 3 warm-up runs before. "
         "Batches stop where the whole model takes longer than --max-run-s per run. "
         "Cells: MAPE % / worst %; regression only at held-out batches inside the fitted range.", "",
-        "| model | batches | naive sum | composition (leave-model-out) | history | regression |",
-        "|---|---|---|---|---|---|",
+        "| model | batches | naive sum | share x whole | composition (leave-model-out) | history "
+        "| regression |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, cells in table.items():
         batches = sorted({r["batch"] for r in rows if r["model"] == name})
@@ -198,18 +255,42 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(zoo.NAMES))
     parser.add_argument("--threads", default="1,2")
-    parser.add_argument("--max-run-s", type=float, default=0.4)
-    parser.add_argument("--train", type=int, default=5, help="history runs per part, at least")
-    parser.add_argument("--test", type=int, default=5, help="measured runs per part, at least")
-    parser.add_argument("--budget-s", type=float, default=0.05,
+    parser.add_argument("--max-run-s", type=float, default=1.0)
+    parser.add_argument("--runs", type=int, default=9,
+                        help="history runs per part and batch, at least; as many measured runs between them")
+    parser.add_argument("--budget-s", type=float, default=0.3,
                         help="short parts run more often: as many runs as fit this, up to 50, "
                         "for the history and again for the measurement")
+    parser.add_argument("--profile-runs", type=int, default=None,
+                        help="timed runs of each node profile (default: as many as fit its budget, "
+                        "as `hetsched profile` does)")
     parser.add_argument("--append", action="store_true",
                         help="keep the other models' rows of the last run's JSON (re-measure only --models)")
+    parser.add_argument("--refit", action="store_true",
+                        help="measure nothing: refit every predictor on the last run's rows and rewrite "
+                        "the table (after a change to a predictor)")
     args = parser.parse_args()
+    previous = HERE / "results" / "perfmodel_accuracy.json"
+    if args.refit:
+        last = json.loads(previous.read_text())
+        rows, measured = last["rows"], last["measured"]
+    else:
+        rows, measured = _measure(args, previous)
+    predict_all(rows)
+    table = errors(rows)
+    out = HERE / "results"
+    out.mkdir(exist_ok=True)
+    previous.write_text(json.dumps({"measured": measured, "rows": rows, "errors": table}, indent=1))
+    plot(table, out / "perfmodel_accuracy.png")
+    write_section(markdown(table, rows, measured), HERE / "RESULTS.md", marker="perfmodel_accuracy")
+    print(markdown(table, rows, measured))
+    return 0
+
+
+def _measure(args: argparse.Namespace, previous: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Rows of --models (and, with --append, the last run's other rows) and how they were taken."""
     threads = [int(t) for t in args.threads.split(",")]
     names = args.models.split(",")
-    previous = HERE / "results" / "perfmodel_accuracy.json"
     rows: list[dict[str, Any]] = []
     if args.append and previous.exists():
         rows = [r for r in json.loads(previous.read_text())["rows"] if r["model"] not in names]
@@ -217,15 +298,12 @@ def main() -> int:
         rows += measure_model(name, threads, args)
     order = list(zoo.NAMES)
     rows.sort(key=lambda r: (order.index(r["model"]), r["plan"], r["threads"], r["batch"], r["part"]))
-    predict_all(rows)
-    table = errors(rows)
-    out = HERE / "results"
-    out.mkdir(exist_ok=True)
-    (out / "perfmodel_accuracy.json").write_text(json.dumps({"rows": rows, "errors": table}, indent=1))
-    plot(table, out / "perfmodel_accuracy.png")
-    write_section(markdown(table, rows, args), HERE / "RESULTS.md", marker="perfmodel_accuracy")
-    print(markdown(table, rows, args))
-    return 0
+    command = " ".join(["python bench/perfmodel_accuracy.py", *sys.argv[1:]])
+    if args.append and previous.exists():  # the rows kept were measured by the earlier command
+        command = f"{json.loads(previous.read_text())['measured']['command']}`, then `{command}"
+    measured = {"command": command, "date": str(date.today()), "host": platform.node(),
+                "python": platform.python_version(), "runs": args.runs, "budget_s": args.budget_s}
+    return rows, measured
 
 
 if __name__ == "__main__":

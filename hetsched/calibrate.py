@@ -15,13 +15,15 @@ sessions come from the worker layer); until then only CPU kinds calibrate.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import math
 import os
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -30,6 +32,7 @@ from hetsched.sequential import SequentialRunner
 from partitioner.errors import UsageError
 from partitioner.feeds import random_values
 from partitioner.graph import build_graph
+from partitioner.partition import partition
 from partitioner.plan import PartitionPlan
 from perfmodels.composition import (
     CompositionModel,
@@ -40,19 +43,22 @@ from perfmodels.composition import (
 )
 from perfmodels.costs import NodeCosts
 from perfmodels.history import HistoryKey, HistoryModel, footprint, stage_id
-from perfmodels.measure import timed_runs
+from perfmodels.measure import cpu_session, timed_runs
 from perfmodels.profile import DEFAULT_METHOD, profile
 from perfmodels.store import PerfModelStore
 from perfmodels.transfer import FORMAT as BUS_FORMAT
 from perfmodels.transfer import BusFormatError, BusModel
 from perfmodels.transfer import calibrate as calibrate_bus
 
+if TYPE_CHECKING:
+    import onnxruntime as ort
+
 log = logging.getLogger(__name__)
 
 StepProgress = Callable[[str], Callable[[int, int], None]]
 BUS_DOC = "bus"
 COMPOSITION_DOC = "composition"
-COMPOSITION_FORMAT = "hetsched.compositions/2"  # samples gained the share
+COMPOSITION_FORMAT = "hetsched.compositions/3"  # /2: S scaled to the profile's run, not the history
 MAX_COMPOSITION_SAMPLES = 2000
 MAX_RUNS_PER_ENTRY = 40  # stop calibrating an entry that outliers keep from trusting
 
@@ -111,20 +117,27 @@ def calibrate(
     min_samples: int = 5,
     progress: StepProgress | None = None,
 ) -> CalibrationReport:
-    """Calibrate every part at every batch on every CPU kind; results go into ``store``."""
+    """Calibrate every part at every batch on every CPU kind; results go into ``store``.
+
+    The whole source model, when at hand and the plan has several parts, is calibrated too, as
+    the runtime serves it unpartitioned (:func:`whole_model_stage`): its history scales the node
+    profile in the composition correction, in the fit here as in :func:`hetsched.predict.predict_plan`.
+    """
     source = PlanSource.open(directory)
     report = CalibrationReport()
     delta = HistoryModel(min_samples=min_samples)
+    whole = whole_model_stage(source)
     for count in threads:
         runner = SequentialRunner(source.plan, source.directory, count)  # sessions made once per kind
+        timed_whole = None if whole is None else (whole[0], cpu_session(whole[1], count))
         samples: list[CompositionSample] = []
         for batch in batches:
             label = f"{cpu_arch(count)} batch {batch}"
             bar = progress(label) if progress else None
-            measured = _calibrate_batch(source, runner, batch, count, delta, bar)
+            measured, whole_s = _calibrate_batch(source, runner, batch, count, delta, bar, timed_whole)
             for index, seconds in measured.items():
                 report.measured_s[(index, cpu_arch(count), batch)] = seconds
-            samples += _composition_samples(source, batch, count, measured, report)
+            samples += _composition_samples(source, batch, count, measured, report, whole_s)
         if samples:
             model = _add_composition_samples(store, cpu_arch(count), samples)
             if model is not None:
@@ -133,11 +146,44 @@ def calibrate(
     return report
 
 
+def whole_model_stage(source: PlanSource) -> tuple[str, bytes] | None:
+    """The source model as the runtime serves it unpartitioned (a one-part plan): its stage id and
+    bytes.  None when the plan is one part already or its source model is not at hand."""
+    model = source.source_model()
+    if model is None or len(source.plan.parts) == 1:
+        return None
+    graph = build_graph(model)
+    if graph.source_sha256 != source.plan.source_sha256:
+        raise UsageError(f"{model} changed since it was partitioned; re-run `hetsched partition`")
+    blob = partition(graph, [1.0]).parts[0].model.SerializeToString()
+    return stage_id(blob), blob
+
+
+def whole_model_stage_id(source: PlanSource) -> str | None:
+    """:func:`whole_model_stage`'s id, cached beside the plan (``costs/whole-stage.json``): it
+    takes partitioning the source model again, and every ``hetsched predict`` may ask."""
+    cache = source.directory / "costs" / "whole-stage.json"
+    try:
+        cached = json.loads(cache.read_text(encoding="utf-8"))
+        if cached["source_sha256"] == source.plan.source_sha256:
+            return str(cached["stage"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # absent or unreadable: computed again below
+    whole = whole_model_stage(source)
+    if whole is None:
+        return None
+    cache.parent.mkdir(exist_ok=True)
+    cache.write_text(json.dumps({"source_sha256": source.plan.source_sha256, "stage": whole[0]}),
+                     encoding="utf-8")
+    return whole[0]
+
+
 def _calibrate_batch(
     source: PlanSource, runner: SequentialRunner, batch: int, threads: int, delta: HistoryModel,
-    progress: Callable[[int, int], None] | None,
-) -> dict[int, float]:
-    """Median seconds per part at one batch and thread count; every sample goes into ``delta``."""
+    progress: Callable[[int, int], None] | None, whole: tuple[str, ort.InferenceSession] | None,
+) -> tuple[dict[int, float], float]:
+    """Median seconds per part (and of the whole model, NaN without it) at one batch and thread
+    count; every sample goes into ``delta``."""
     feeds = random_values(source.input_values, batch)
     values = runner.run_all(feeds)  # also the warm-up: each session has just run once at this batch
     # Keyed by the request's input shapes, as the runtime keys every task it runs.
@@ -146,16 +192,26 @@ def _calibrate_batch(
     for done, part in enumerate(source.plan.parts, start=1):
         inputs = {name: values[name] for name in part.inputs}
         key = HistoryKey(source.stages[part.index], cpu_arch(threads), request_footprint)
-        session = runner.sessions[part.index]
-        samples: list[float] = []
-        while not delta.is_trusted(key) and len(samples) < MAX_RUNS_PER_ENTRY:
-            run = timed_runs(session, inputs, 1)[0]
-            samples.append(run)
-            delta.record(key, run)
-        medians[part.index] = statistics.median(samples)
+        medians[part.index] = _time_until_trusted(runner.sessions[part.index], inputs, key, delta)
         if progress is not None:
             progress(done, len(source.plan.parts))
-    return medians
+    if whole is None:
+        return medians, math.nan
+    stage, session = whole
+    timed_runs(session, feeds, 1)  # its warm-up
+    key = HistoryKey(stage, cpu_arch(threads), request_footprint)
+    return medians, _time_until_trusted(session, feeds, key, delta)
+
+
+def _time_until_trusted(session: ort.InferenceSession, inputs: Mapping[str, Any], key: HistoryKey,
+                        delta: HistoryModel) -> float:
+    """Run until ``delta`` trusts ``key`` (at most MAX_RUNS_PER_ENTRY runs); their median seconds."""
+    samples: list[float] = []
+    while not delta.is_trusted(key) and len(samples) < MAX_RUNS_PER_ENTRY:
+        run = timed_runs(session, inputs, 1)[0]
+        samples.append(run)
+        delta.record(key, run)
+    return statistics.median(samples) if samples else math.nan
 
 
 def node_costs(source: PlanSource, batch: int, threads: int) -> NodeCosts | None:
@@ -175,7 +231,8 @@ def node_costs(source: PlanSource, batch: int, threads: int) -> NodeCosts | None
 
 
 def _composition_samples(
-    source: PlanSource, batch: int, threads: int, measured: dict[int, float], report: CalibrationReport
+    source: PlanSource, batch: int, threads: int, measured: dict[int, float], report: CalibrationReport,
+    whole_s: float,
 ) -> list[CompositionSample]:
     costs = node_costs(source, batch, threads)
     if costs is None:
@@ -184,7 +241,7 @@ def _composition_samples(
             report.notes.append(note)
         return []
     return [
-        CompositionSample(scaled_node_sum(costs, part.nodes), len(part.nodes), measured[part.index],
+        CompositionSample(scaled_node_sum(costs, part.nodes, whole_s), len(part.nodes), measured[part.index],
                           node_share(costs, part.nodes))
         for part in source.plan.parts
         if math.isfinite(measured.get(part.index, math.nan))

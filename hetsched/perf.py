@@ -23,7 +23,7 @@ from perfmodels.transfer import BusModel
 class HistoryOracle:
     """Predictions from a :class:`HistoryModel` and a :class:`BusModel`; records every run."""
 
-    REFIT_CHANGE = 0.02  # refit a regression when a batch's mean moved by more than this fraction
+    REFIT_CHANGE = 0.02  # refit a regression when a batch's prediction moved by more than this fraction
 
     def __init__(self, history: HistoryModel, bus: BusModel | None = None) -> None:
         self.history = history
@@ -39,14 +39,14 @@ class HistoryOracle:
         return self._regression(task.stage, worker.arch, task.batch)
 
     def _regression(self, stage: str, arch: str, batch: int) -> float:
-        points = [(b, mean_s) for b, mean_s, _ in self.history.batch_points(stage, arch)]
+        points = [(b, seconds) for b, seconds, _ in self.history.batch_points(stage, arch)]
         if len({b for b, _ in points}) < 2:
             return math.nan
-        means = dict(points)
+        by_batch = dict(points)
         with self._lock:
             cached = self._fits.get((stage, arch))
-            if cached is None or _moved(cached[0], means, self.REFIT_CHANGE):
-                cached = (means, fit_batch_model(points))
+            if cached is None or _moved(cached[0], by_batch, self.REFIT_CHANGE):
+                cached = (by_batch, fit_batch_model(points))
                 self._fits[(stage, arch)] = cached
         fit = cached[1]
         return fit.predict(batch) if fit is not None else math.nan
@@ -68,8 +68,9 @@ class HistoryOracle:
 
 
 def _moved(fitted: dict[int, float], now: dict[int, float], tolerance: float) -> bool:
-    """Whether the batches differ, or a mean moved past ``tolerance``: every recorded sample nudges a
-    mean, and refitting on each one (milliseconds) would cost more than the prediction is worth."""
+    """Whether the batches differ, or a prediction moved past ``tolerance``: recorded samples keep
+    moving the window medians a little, and refitting on each one (milliseconds) would cost more
+    than the prediction is worth."""
     if fitted.keys() != now.keys():
         return True
     return any(abs(now[b] - fitted[b]) > tolerance * fitted[b] for b in now)

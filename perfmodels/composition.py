@@ -8,7 +8,8 @@ correction is linear in what a part is made of, per processor kind::
     t_part = alpha * S + c0 * (number of nodes) + c1 * (1 - share)
 
 where S is the part's node times summed and scaled by (whole-model time /
-all node times) of the same profile (:func:`scaled_node_sum`), and ``share`` is
+all node times) (:func:`scaled_node_sum`; the whole-model time from its history
+when there is one, else from the same profile), and ``share`` is
 the part's fraction of those node times (:func:`node_share`, so S = share ×
 whole-model time).  The scaling cancels the profiler's own cost per kernel and
 the machine's load drifting between profiles.  The whole model's run already
@@ -53,10 +54,18 @@ def node_share(costs: NodeCosts, nodes: Iterable[str]) -> float:
     return naive_sum(costs.seconds, nodes) / total if total > 0 else 0.0
 
 
-def scaled_node_sum(costs: NodeCosts, nodes: Iterable[str]) -> float:
-    """The part's node times, scaled so that all of the model's nodes add up to its measured run."""
+def scaled_node_sum(costs: NodeCosts, nodes: Iterable[str], whole_s: float | None = None) -> float:
+    """The part's node times, scaled so that all of the model's nodes add up to its measured run.
+
+    That run is ``whole_s`` when given -- the whole model's time as its history says, which
+    many runs measured lately -- else the profile's own whole-model run.  The profile fixes
+    the part's *share*; its absolute times were taken once, and on a shared machine a slow
+    spell during profiling (one core stolen for a second) made every part of a model 1.5x
+    off at once, a common error no correction fitted across models can undo.
+    """
     total = costs.total_s()
-    scale = costs.whole_model_s / total if total > 0 and costs.whole_model_s > 0 else 1.0
+    whole = whole_s if whole_s is not None and math.isfinite(whole_s) and whole_s > 0 else costs.whole_model_s
+    scale = whole / total if total > 0 and whole > 0 else 1.0
     return naive_sum(costs.seconds, nodes) * scale
 
 

@@ -3,11 +3,20 @@
 A *stage* is one part model (keyed by the hash of its bytes, so a re-partitioned model
 never inherits stale timings), an *arch* is the processor kind it ran on (``"cpu:2t"``,
 ``"cuda:NVIDIA H100"``) and a *footprint* is the text of its input shapes, batch
-included.  Each key holds running statistics (Welford), so recording is O(1) and two
-models -- two processes, two runs -- combine exactly (Chan et al.).
+included.  Each key holds running statistics (Welford: counts, mean and spread of two
+models -- two processes, two runs -- combine exactly, Chan et al.) and a window of its
+recent samples (merged as the newer model's samples after the older's).
 
 Perf models don't guess: below ``min_samples`` samples :meth:`HistoryModel.predict`
 returns NaN, which a policy reads as "run it there to calibrate".
+
+What it predicts is the *median of the last* :data:`WINDOW` *samples*, not the mean.
+Part times are skewed: on the 2-core VM a 2-thread part's mean sat 5-11% above its
+median (the other tenant's bursts), so a mean predicts no run that actually happens, and
+a burst moves it for hundreds of runs.  The window's median is the typical run of
+lately: robust to bursts, and it follows a lasting change within ``WINDOW / 2`` runs.
+Keeping it sorted as samples come makes a record O(WINDOW) moves in C, a prediction O(1).
+The Welford statistics stay for what needs them (spread, counts, exact merges).
 
 Outliers must not poison a model.  Once an entry holds ``min_samples`` samples, a
 sample further than ``max(5 * std, 0.5 * mean)`` *above* the mean is rejected and only
@@ -21,6 +30,7 @@ Standard library only: perf models never import ONNX Runtime (nor numpy, here).
 
 from __future__ import annotations
 
+import bisect
 import copy
 import hashlib
 import logging
@@ -45,6 +55,10 @@ _log = logging.getLogger(__name__)
 # A sample is an outlier when it exceeds the mean by more than max(SIGMAS * std, SHARE * mean).
 _OUTLIER_SIGMAS = 5.0
 _OUTLIER_MEAN_SHARE = 0.5
+# Recent samples whose median is the prediction: long enough that a noisy machine's bursts
+# (runs here come in regimes of ~10 slow or fast ones) do not move it, short enough to follow
+# a lasting change within 32 runs; odd, so the median is one sample.
+WINDOW = 63
 
 
 @dataclass
@@ -60,6 +74,10 @@ class RunningStats:
         resets: how often the entry was reset to its recent outliers (a lasting shift).
         recent_outliers: the outliers rejected in a row since the last accepted sample;
             once ``min_samples`` of them accumulate they become the entry.
+        window: the last :data:`WINDOW` samples, oldest first, outliers included (the
+            median needs no rejection, and a lasting change shows there first).
+        median: the median of ``window`` (NaN when empty), kept current on every change
+            because the scheduler reads it for every candidate worker of every task.
     """
 
     count: int = 0
@@ -68,6 +86,13 @@ class RunningStats:
     rejected: int = 0
     resets: int = 0
     recent_outliers: list[float] = field(default_factory=list)
+    window: list[float] = field(default_factory=list)
+    median: float = field(default=math.nan, init=False, compare=False)
+    _ordered: list[float] = field(default_factory=list, init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._ordered = sorted(self.window)
+        self._refresh_median()
 
     def add(self, x: float, *, min_samples: int = 5, reject_outliers: bool = True) -> bool:
         """Fold ``x`` in; False when it was rejected as an outlier (see the module docstring).
@@ -79,6 +104,7 @@ class RunningStats:
         value = float(x)
         if not math.isfinite(value):
             raise ValueError(f"sample must be a finite number, got {x!r}")
+        self._remember([value])
         if reject_outliers and self.count >= max(min_samples, 1) and self._is_outlier(value):
             self.rejected += 1
             self.recent_outliers.append(value)
@@ -89,6 +115,29 @@ class RunningStats:
         self.recent_outliers.clear()
         self._fold(value)
         return True
+
+    def _remember(self, values: list[float]) -> None:
+        """Append ``values`` (newest last) to the window, keep its last WINDOW, refresh the median."""
+        window, ordered = self.window, self._ordered
+        for value in values:
+            window.append(value)
+            bisect.insort(ordered, value)
+        if len(window) > WINDOW:
+            for value in window[:-WINDOW]:
+                del ordered[bisect.bisect_left(ordered, value)]
+            del window[:-WINDOW]
+        self._refresh_median()
+
+    def _refresh_median(self) -> None:
+        ordered = self._ordered
+        size = len(ordered)
+        middle = size // 2
+        if size == 0:
+            self.median = math.nan
+        elif size % 2:
+            self.median = ordered[middle]
+        else:
+            self.median = (ordered[middle - 1] + ordered[middle]) / 2
 
     def _is_outlier(self, value: float) -> bool:
         std = self.std
@@ -114,9 +163,11 @@ class RunningStats:
     def merge(self, other: RunningStats) -> None:
         """Combine ``other``'s samples into these, exactly (Chan, Golub, LeVeque 1979).
 
-        Counts add; order matters only for ``recent_outliers``: ``other`` is taken as
-        the newer samples, so an accepted sample there ends this entry's run of outliers.
+        Counts add; order matters for ``recent_outliers`` and the window: ``other`` is
+        taken as the newer samples, so an accepted sample there ends this entry's run of
+        outliers, and the window keeps ``other``'s samples first.
         """
+        self._remember(list(other.window))
         if other.count and not self.count:  # copy: the formula below would round the mean
             self.count, self.mean, self.m2 = other.count, other.mean, other.m2
             self.recent_outliers = list(other.recent_outliers)
@@ -156,6 +207,7 @@ class RunningStats:
             "rejected": self.rejected,
             "resets": self.resets,
             "recent_outliers": list(self.recent_outliers),
+            "window": list(self.window),
         }
 
     @classmethod
@@ -163,16 +215,23 @@ class RunningStats:
         """Inverse of :meth:`to_dict`; ValueError/TypeError on missing or ill-typed fields."""
         if not isinstance(data, Mapping):
             raise TypeError(f"running stats must be a mapping, got {type(data).__name__}")
-        outliers = data.get("recent_outliers", [])
+        outliers, window = data.get("recent_outliers", []), data.get("window")
         if not isinstance(outliers, list):
             raise TypeError(f"recent_outliers must be a list, got {outliers!r}")
+        if not isinstance(window, list):
+            raise TypeError(f"window must be a list, got {window!r}")
+        count = _count(data.get("count"), "count")
+        if len(window) < min(count, WINDOW):  # every folded sample passed through the window
+            raise ValueError(f"window holds {len(window)} samples, fewer than the {min(count, WINDOW)} "
+                             f"its count of {count} implies")
         return cls(
-            count=_count(data.get("count"), "count"),
+            count=count,
             mean=_finite(data.get("mean"), "mean"),
             m2=_finite(data.get("m2"), "m2", minimum=0.0),
             rejected=_count(data.get("rejected"), "rejected"),
             resets=_count(data.get("resets", 0), "resets"),
             recent_outliers=[_finite(v, "recent_outliers[]") for v in outliers],
+            window=[_finite(v, "window[]") for v in window[-WINDOW:]],  # a larger WINDOW wrote it
         )
 
 
@@ -268,8 +327,9 @@ class HistorySnapshot:
 class HistoryModel:
     """Running statistics per :class:`HistoryKey`, safe to share between worker threads.
 
-    One lock guards every entry: recording is a few float operations, far shorter than
-    any task it times, so one lock never contends enough to matter.
+    One lock guards every entry: recording is a few float operations and a sorted insert
+    into :data:`WINDOW` samples, far shorter than any task it times, so one lock never
+    contends enough to matter.
     """
 
     def __init__(self, min_samples: int = 5) -> None:
@@ -301,12 +361,13 @@ class HistoryModel:
         return accepted
 
     def predict(self, key: HistoryKey) -> float:
-        """Mean seconds of ``key``; NaN below ``min_samples`` ("run it there to calibrate")."""
+        """Seconds of ``key``'s typical recent run (the window's median); NaN below
+        ``min_samples`` ("run it there to calibrate")."""
         with self._lock:
             stats = self._entries.get(key)
             if stats is None or stats.count < self._min_samples:
                 return math.nan
-            return stats.mean
+            return stats.median
 
     def is_trusted(self, key: HistoryKey) -> bool:
         """Whether ``key`` has enough samples for :meth:`predict` to answer."""
@@ -325,7 +386,8 @@ class HistoryModel:
             return sorted(self._entries)
 
     def batch_points(self, stage: str, arch: str) -> list[tuple[int, float, int]]:
-        """``(batch, mean_s, count)`` of the trusted entries of ``stage`` on ``arch``.
+        """``(batch, seconds, count)`` of the trusted entries of ``stage`` on ``arch``
+        (seconds as :meth:`predict` gives them).
 
         The batch is the first dim of every input; footprints where inputs disagree, or
         that hold a scalar, are left out.  One point per entry, sorted by batch: feed
@@ -340,7 +402,7 @@ class HistoryModel:
                     continue
                 batch = _footprint_batch(key.footprint)
                 if batch is not None:
-                    points.append((batch, stats.mean, stats.count))
+                    points.append((batch, stats.median, stats.count))
         return sorted(points)
 
     def merge(self, other: HistoryModel) -> None:

@@ -3,7 +3,7 @@ per model, written atomically and merged under a file lock.
 
 Layout of the directory (``default_dir()`` unless given)::
 
-    history.json          {"format": "hetsched.history/1", "host": ..., "min_samples": ...,
+    history.json          {"format": "hetsched.history/2", "host": ..., "min_samples": ...,
                            "entries": [...]}          (HistoryModel.to_dict)
     <name>.json           {"format": <caller's>, "host": ..., "payload": {...}}
     <file>.lock           sidecar lock of each file (never deleted: unlinking a lock file
@@ -43,7 +43,7 @@ from perfmodels.history import HistoryModel
 __all__ = ["ENV_DIR", "HISTORY_FORMAT", "PerfModelStore", "default_dir"]
 
 ENV_DIR = "HETSCHED_PERFMODEL_DIR"
-HISTORY_FORMAT = "hetsched.history/1"
+HISTORY_FORMAT = "hetsched.history/2"  # /1 had no window of recent samples
 _HISTORY_NAME = "history"
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 

@@ -11,10 +11,20 @@ from pathlib import Path
 import onnx
 import pytest
 
-from hetsched.calibrate import calibrate, load_composition
+from hetsched.calibrate import (
+    PlanSource,
+    calibrate,
+    load_composition,
+    node_costs,
+    whole_model_stage,
+    whole_model_stage_id,
+)
 from hetsched.predict import predict_plan
+from partitioner.errors import UsageError
 from partitioner.graph import build_graph
 from partitioner.partition import partition
+from perfmodels.composition import node_share
+from perfmodels.history import HistoryKey, HistoryModel, footprint
 from perfmodels.store import PerfModelStore
 
 from test_acyclic import chain
@@ -42,9 +52,53 @@ def test_calibrated_batches_come_from_history_then_regression_then_composition(
     assert sorted(report.measured_s) == [(p, "cpu:1t", b) for p in (0, 1) for b in (1, 2, 4)]
     assert load_composition(store, "cpu:1t") is not None
     history = store.load_history()
-    assert len(history.keys()) == 6 and all(history.is_trusted(k) for k in history.keys())
+    whole = whole_model_stage(PlanSource.open(plan_dir))
+    assert whole is not None  # the source model is at hand: it is calibrated whole, too
+    assert {k.stage for k in history.keys()} == {*PlanSource.open(plan_dir).stages, whole[0]}
+    assert len(history.keys()) == 9 and all(history.is_trusted(k) for k in history.keys())
     sources = {b: {p.source for p in predict_plan(plan_dir, b, 1, store).parts} for b in (2, 3, 16)}
     assert sources == {2: {"history"}, 3: {"regression"}, 16: {"composition"}}
+
+
+def test_composition_scales_the_profile_to_the_whole_models_history(plan_dir: Path, tmp_path: Path) -> None:
+    """A part never run at batch 16 takes its share of the profile times what the whole model's
+    history says at 16 -- not the profile's own run of the whole model, taken once."""
+    store = PerfModelStore(tmp_path / "store")
+    calibrate(plan_dir, batches=[1, 2], threads=[1], store=store)
+    source = PlanSource.open(plan_dir)
+    whole = whole_model_stage(source)
+    assert whole is not None
+    delta = HistoryModel()
+    key = HistoryKey(whole[0], "cpu:1t", footprint({"x": (16, 4)}))
+    for _ in range(delta.min_samples):
+        delta.record(key, 0.25)  # far from anything a 12-node chain takes: the scale is visible
+    store.add_history(delta)
+    composition = load_composition(store, "cpu:1t")
+    costs = node_costs(source, 16, 1)
+    assert composition is not None and costs is not None
+    prediction = predict_plan(plan_dir, 16, 1, store)
+    for part, predicted in zip(source.plan.parts, prediction.parts):
+        share = node_share(costs, part.nodes)
+        expected = composition.predict(share * 0.25, len(part.nodes), share)
+        assert predicted.source == "composition"
+        assert predicted.ms == pytest.approx(expected * 1e3, rel=1e-9)
+
+
+def test_a_source_model_changed_since_partitioning_is_not_timed_as_the_whole(
+    plan_dir: Path, tmp_path: Path
+) -> None:
+    onnx.save(chain(5, op="Relu"), str(tmp_path / "chain.onnx"))  # the plan's source, edited
+    with pytest.raises(UsageError, match="changed since it was partitioned"):
+        calibrate(plan_dir, batches=[1], threads=[1], store=PerfModelStore(tmp_path / "store"))
+
+
+def test_the_whole_models_stage_id_is_cached_beside_the_plan(plan_dir: Path) -> None:
+    source = PlanSource.open(plan_dir)
+    whole = whole_model_stage(source)
+    assert whole is not None and whole_model_stage_id(source) == whole[0]
+    assert json.loads((plan_dir / "costs" / "whole-stage.json").read_text())["stage"] == whole[0]
+    Path(source.plan.source_model).unlink()  # the cache answers without the source model
+    assert whole_model_stage_id(source) == whole[0]
 
 
 def test_without_source_model_or_history_the_prediction_is_nan(plan_dir: Path, tmp_path: Path) -> None:

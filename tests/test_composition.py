@@ -6,7 +6,15 @@ import math
 
 import pytest
 
-from perfmodels.composition import CompositionModel, CompositionSample, fit_composition, naive_sum
+from perfmodels.composition import (
+    CompositionModel,
+    CompositionSample,
+    fit_composition,
+    naive_sum,
+    node_share,
+    scaled_node_sum,
+)
+from perfmodels.costs import NodeCosts
 
 
 def parts(alpha: float, c0: float, c1: float) -> list[CompositionSample]:
@@ -66,3 +74,13 @@ def test_parts_the_profile_cannot_explain_do_not_pull_the_fit() -> None:
     model = fit_composition("cpu:1t", consistent + noise)
     assert model.alpha == pytest.approx(1.0, rel=0.02)
     assert model.c1_s == pytest.approx(5e-6, rel=0.1)
+
+
+def test_scaled_sum_takes_the_whole_models_time_from_history_when_given() -> None:
+    """Node times sum to 4 ms and the profile's whole run took 2 ms; the history says 3 ms."""
+    costs = NodeCosts("cpu:1t", "ort-profile", 1, 1, {"a": 0.001, "b": 0.003}, 0.002, "sha")
+    assert node_share(costs, ["a"]) == 0.25
+    assert scaled_node_sum(costs, ["a"]) == pytest.approx(0.0005)
+    assert scaled_node_sum(costs, ["a"], whole_s=0.003) == pytest.approx(0.00075)
+    for unknown in (math.nan, 0.0, None):  # no history: the profile's own run
+        assert scaled_node_sum(costs, ["a"], whole_s=unknown) == pytest.approx(0.0005)

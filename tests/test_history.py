@@ -14,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from perfmodels.history import (
+    WINDOW,
     HistoryKey,
     HistoryModel,
     RunningStats,
@@ -109,6 +110,48 @@ def test_running_stats_dict_round_trip_and_validation() -> None:
         RunningStats.from_dict({**stats.to_dict(), "count": -1})
     with pytest.raises(TypeError):
         RunningStats.from_dict({**stats.to_dict(), "mean": "fast"})
+
+
+def test_prediction_is_the_median_of_the_recent_window() -> None:
+    """A skewed series: the mean sits above every typical run, the median is one of them."""
+    model = HistoryModel(min_samples=3)
+    for value in [1.0, 1.0, 1.1, 0.9, 1.0, 1.45, 1.4]:  # two bursts, under the outlier bar
+        assert model.record(KEY, value)
+    assert model.stats(KEY).mean > 1.1
+    assert model.predict(KEY) == 1.0
+    model.record(KEY, 1.2)  # an even window: the mean of its two middle samples
+    assert model.predict(KEY) == pytest.approx(1.05)
+
+
+def test_window_keeps_the_last_samples_and_follows_a_lasting_change() -> None:
+    stats = _stats([1.0] * WINDOW)
+    for value in [2.0] * (WINDOW // 2):
+        stats.add(value)
+    assert stats.median == 1.0  # still most of the window
+    stats.add(2.0)
+    assert stats.median == 2.0 and len(stats.window) == WINDOW
+    assert stats.window == [1.0] * (WINDOW // 2) + [2.0] * (WINDOW // 2 + 1)
+
+
+def test_merged_window_keeps_the_newer_samples_last() -> None:
+    older, newer = _stats([5.0] * WINDOW), _stats([1.0, 2.0])
+    older.merge(newer)
+    assert older.window[-2:] == [1.0, 2.0] and len(older.window) == WINDOW
+    empty = RunningStats()
+    empty.merge(newer)
+    assert empty.window == [1.0, 2.0] and empty.median == 1.5
+
+
+def test_window_survives_the_dict_round_trip_and_is_validated() -> None:
+    stats = _stats([0.3, 0.1, 0.2])
+    back = RunningStats.from_dict(json.loads(json.dumps(stats.to_dict())))
+    assert back.window == [0.3, 0.1, 0.2] and back.median == 0.2
+    with pytest.raises(ValueError, match="window holds 1 samples"):  # trusted, yet nothing to predict
+        RunningStats.from_dict({**stats.to_dict(), "window": [0.1]})
+    longer = RunningStats.from_dict({**stats.to_dict(), "window": [9.0] + [0.1] * WINDOW})
+    assert longer.window == [0.1] * WINDOW  # written by a larger WINDOW: its newest samples
+    with pytest.raises(TypeError, match="window"):
+        RunningStats.from_dict({k: v for k, v in stats.to_dict().items() if k != "window"})
 
 
 def test_footprint_is_sorted_stable_and_escapes_separators() -> None:
