@@ -11,7 +11,7 @@ picks from — one instance with every core (latency), one instance per core
 (throughput), the same with its dynamic batcher — and hetsched runs as
 ``hetsched serve`` does by default, which adapts between the two.
 
-Writes bench/results/compare_triton.json, bench/results/compare_triton_<model>.png
+Writes bench/results/<section>.json, bench/results/<section>_<model>.png
 (p99 latency against achieved throughput per configuration, and the best of
 each server), and its section of bench/RESULTS.md.
 
@@ -224,10 +224,12 @@ def report(
         f"## hetsched vs Triton: {args.models} (bench/compare_triton.py)",
         "",
         f"`PYTHONPATH=. python bench/compare_triton.py --models {args.models} --duration {args.duration} "
-        f"--min-requests {args.min_requests} --section {args.section}` on "
+        f"--min-requests {args.min_requests} --section {args.section}"
+        + (f" --setups '{','.join(args.setups)}'" if args.setups else "") + "` on "
         f"{platform.node()} ({os.cpu_count()} cores, no GPU), {date.today().isoformat()}. Triton 2.51 from "
         "`nvidia-pytriton` 0.7.0 runs the same ONNX file through its Python backend with ONNX Runtime (its "
-        "ONNX Runtime backend is not on PyPI); hetsched is `hetsched serve` with its defaults. Same client "
+        "ONNX Runtime backend is not on PyPI); hetsched is `hetsched serve`, with its defaults or as a label "
+        "says (b1: `max_batch_size: 0`; 2x1: two one-core groups, no wide worker). Same client "
         "(`tritonclient` gRPC), open-loop Poisson arrivals, batch-1 requests, "
         f"{args.duration:g} s per point and at least {args.min_requests} requests; client and server share "
         "the machine's cores.",
@@ -242,9 +244,11 @@ def report(
             f"Machine limit: {limit['limit_rows_per_s']:.0f} rows/s (one ORT thread per core at batch "
             f"{limit['best_batch']}). Sustained (≥95% answered, no errors): hetsched best "
             f"{summary['best_hetsched_sustained']:.0f} req/s, Triton best "
-            f"{summary['best_triton_sustained']:.0f} req/s; hetsched's default p99 at or below the "
-            f"best Triton p99 at {summary['hetsched_default_p99_at_or_below_best_triton']} offered "
-            f"rates. Plot: `bench/results/compare_triton_{model}.png`.",
+            f"{summary['best_triton_sustained']:.0f} req/s"
+            + ("" if summary["hetsched_default_p99_at_or_below_best_triton"] == "0/0" else
+               f"; hetsched's default p99 at or below the best Triton p99 at "
+               f"{summary['hetsched_default_p99_at_or_below_best_triton']} offered rates")
+            + f". Plot: `bench/results/{args.section}_{model}.png`.",
             "",
         ]
         model_runs = runs[model]
@@ -309,7 +313,7 @@ def main() -> int:
             all_runs[name] = runs
             summaries.append(summarize(name, limit, runs))
             (HERE / "results").mkdir(exist_ok=True)
-            plot(name, runs, HERE / "results" / f"compare_triton_{name}.png")
+            plot(name, runs, HERE / "results" / f"{args.section}_{name}.png")
     document = {
         "summaries": summaries,
         "runs": {

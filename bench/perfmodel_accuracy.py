@@ -231,7 +231,8 @@ def markdown(table: dict[str, dict[str, dict[str, float]]], rows: list[dict[str,
         f"`{measured['command']}` on {measured['date']}, {measured['host']} (2-core shared VM), "
         f"Python {measured['python']}. {len(rows)} part measurements: per part and batch, the median of "
         f"{measured['runs']}+ runs alternating with as many history runs (more for parts shorter than "
-        f"{measured['budget_s'] / 5 * 1e3:.0f} ms), a part's batches taking turns; 3 warm-up runs before. "
+        f"{measured['budget_s'] / 5 * 1e3:.0f} ms), every stage (the whole model, each plan's parts) at "
+        "every batch taking turns; 3 warm-up runs before. " + measured.get("note", "") +
         "Batches stop where the whole model takes longer than --max-run-s per run. "
         "Cells: MAPE % / worst %; regression only at held-out batches inside the fitted range.", "",
         "| model | batches | naive sum | share x whole | composition (leave-model-out) | history "
