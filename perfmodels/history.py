@@ -104,7 +104,7 @@ class RunningStats:
         value = float(x)
         if not math.isfinite(value):
             raise ValueError(f"sample must be a finite number, got {x!r}")
-        self._remember([value])
+        self._remember(value)
         if reject_outliers and self.count >= max(min_samples, 1) and self._is_outlier(value):
             self.rejected += 1
             self.recent_outliers.append(value)
@@ -116,17 +116,18 @@ class RunningStats:
         self._fold(value)
         return True
 
-    def _remember(self, values: list[float]) -> None:
-        """Append ``values`` (newest last) to the window, keep its last WINDOW, refresh the median."""
+    def _remember(self, value: float) -> None:
+        """Append ``value`` to the window (dropping its oldest past WINDOW) and refresh the median.
+
+        Runs for every task the scheduler records, so it is written out, not composed of helpers."""
         window, ordered = self.window, self._ordered
-        for value in values:
-            window.append(value)
-            bisect.insort(ordered, value)
+        window.append(value)
+        bisect.insort(ordered, value)
         if len(window) > WINDOW:
-            for value in window[:-WINDOW]:
-                del ordered[bisect.bisect_left(ordered, value)]
-            del window[:-WINDOW]
-        self._refresh_median()
+            del ordered[bisect.bisect_left(ordered, window.pop(0))]
+        size = len(ordered)
+        middle = size >> 1
+        self.median = ordered[middle] if size & 1 else (ordered[middle - 1] + ordered[middle]) / 2
 
     def _refresh_median(self) -> None:
         ordered = self._ordered
@@ -167,7 +168,8 @@ class RunningStats:
         taken as the newer samples, so an accepted sample there ends this entry's run of
         outliers, and the window keeps ``other``'s samples first.
         """
-        self._remember(list(other.window))
+        for value in list(other.window):
+            self._remember(value)
         if other.count and not self.count:  # copy: the formula below would round the mean
             self.count, self.mean, self.m2 = other.count, other.mean, other.m2
             self.recent_outliers = list(other.recent_outliers)
