@@ -8,7 +8,7 @@ feeding a history model and the "measured" latency (median of its runs), and a p
 batches take turns, run after run.  Alternating, not the first runs for one and the next
 for the other, nor one batch after another, because this shared VM's speed drifts by
 tens of percent over seconds (a neighbour's burst): taken one after the other, the
-history of a 40 ms part was off by up to 80% of a measurement that followed it, and a
+history of a 9 ms part was off by up to 80% of a measurement that followed it, and a
 batch-size fit met a batch measured in a slow spell (128 µs between neighbours of 40):
 that is the machine's drift, not the models' error.  Parts shorter than --budget-s / 5 run more
 often, as many runs as fit --budget-s (50 at most each), because a 20 µs part's runs
