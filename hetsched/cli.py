@@ -139,8 +139,9 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     for (index, arch, batch), seconds in sorted(report.measured_s.items()):
         print(f"{index:>4}  {arch:8} {batch:>5}  {seconds * 1e3:>10.3f}")
     for arch, model in sorted(report.composition.items()):
-        print(f"composition {arch}: t = {model.alpha:.3f} * node sum + {model.c0_s * 1e6:.1f} us * nodes "
-              f"+ {model.c1_s * 1e6:.1f} us  ({model.samples} parts, rel. RMSE {model.rel_rmse:.1%})")
+        print(f"composition {arch}: t = {model.alpha:.3f} * share x whole + {model.c0_s * 1e6:.1f} us "
+              f"* nodes + {model.c1_s * 1e6:.1f} us * (1 - share)  ({model.samples} parts, "
+              f"rel. RMSE {model.rel_rmse:.1%})")
     for note in report.notes:
         print(f"note: {note}")
     return 0
