@@ -4,16 +4,17 @@ For every zoo model, plans 0.8/0.2 and 4 x 0.25, 1 and 2 threads, batches 1..32
 (batch 1 always; larger ones while the whole-model run fits --max-run-s):
 the parts run on their real inputs; after 3 warm-up runs per batch (a session's first
 runs are slower: allocation, cold caches), 2 x --runs runs per batch alternate between
-feeding a history model and the "measured" latency (median of its runs), and a part's
-batches take turns, run after run.  Alternating, not the first runs for one and the next
-for the other, nor one batch after another, because this shared VM's speed drifts by
-tens of percent over seconds (a neighbour's burst): taken one after the other, the
-history of a 9 ms part was off by up to 80% of a measurement that followed it, and a
-batch-size fit met a batch measured in a slow spell (128 µs between neighbours of 40):
-that is the machine's drift, not the models' error.  Parts shorter than --budget-s / 5 run more
-often, as many runs as fit --budget-s (50 at most each), because a 20 µs part's runs
-vary by tens of percent here and a served part is timed thousands of times anyway.
-The node profile takes --profile-runs runs (default: as many as fit its budget, as
+feeding a history model and the "measured" latency (median of its runs), and every stage
+(the whole model, each plan's parts) at every batch takes turns, run after run.
+Alternating, not the first runs for one and the next for the other, nor one batch after
+another, because this shared VM's speed drifts by tens of percent over seconds (a
+neighbour's burst): taken one after the other, the history of a 9 ms part was off by up
+to 80% of a measurement that followed it, and a batch-size fit met a batch measured in a
+slow spell (128 µs between neighbours of 40): that is the machine's drift, not the
+models' error.  Parts shorter than --budget-s / --runs run more often, as many runs as fit
+--budget-s (50 at most each), because a 20 µs part's runs vary by tens of percent here
+and a served part is timed thousands of times anyway.  The node profile takes
+--profile-runs runs (default: as many as fit its budget, as
 ``hetsched profile`` does).  Predictors:
 
 - naive: sum of the part's node times (ort-profile of the whole model, same batch and threads);
@@ -50,7 +51,7 @@ from hetsched.sequential import SequentialRunner
 from partitioner.feeds import random_feeds
 from partitioner.graph import build_graph
 from partitioner.partition import partition
-from perfmodels.composition import CompositionSample, fit_composition, naive_sum, node_share, scaled_node_sum
+from perfmodels.composition import CompositionSample, fit_composition, naive_sum, node_share
 from perfmodels.costs import NodeCosts
 from perfmodels.history import HistoryKey, HistoryModel
 from perfmodels.measure import cpu_session, timed_runs
@@ -93,19 +94,16 @@ def measure_model(name: str, threads: list[int], args: argparse.Namespace) -> li
         stages += [_Stage(label, part.index, source.model, part.inputs) for label, result in plans.items()
                    for part, source in zip(result.plan.parts, result.parts)]
         samples = _take_turns(stages, values, count, args)
+        whole_s = {batch: _history(samples[(WHOLE, 0, batch)]) for batch in costs}
         for label, index, _, _ in stages[1:]:
             part = plans[label].plan.parts[index]
             for batch, node_costs in costs.items():
-                taken, whole = samples[(label, part.index, batch)], samples[(WHOLE, 0, batch)]
-                value = values[batch][label]
+                taken = samples[(label, part.index, batch)]
                 rows.append({
                     "model": name, "plan": label, "part": part.index, "threads": count, "batch": batch,
                     "nodes": len(part.nodes), "node_sum_s": naive_sum(node_costs.seconds, part.nodes),
-                    "scaled_sum_s": scaled_node_sum(node_costs, part.nodes),
                     "share": node_share(node_costs, part.nodes),
-                    "inputs": len(part.inputs), "outputs": len(part.outputs),
-                    "io_bytes": sum(_nbytes(value[n]) for n in [*part.inputs, *part.outputs]),
-                    "whole_history_s": _history(whole), "history_s": _history(taken),
+                    "whole_history_s": whole_s[batch], "history_s": _history(taken),
                     "measured_s": statistics.median(taken[1::2]),
                 })
         elapsed = time.perf_counter() - started
@@ -156,10 +154,6 @@ def _history(samples: list[float]) -> float:
     for sample in samples[0::2]:
         history.record(key, sample)
     return history.predict(key)
-
-
-def _nbytes(value: Any) -> int:
-    return int(getattr(value, "nbytes", 0))
 
 
 def predict_all(rows: list[dict[str, Any]]) -> None:
@@ -231,8 +225,8 @@ def markdown(table: dict[str, dict[str, dict[str, float]]], rows: list[dict[str,
         f"`{measured['command']}` on {measured['date']}, {measured['host']} (2-core shared VM), "
         f"Python {measured['python']}. {len(rows)} part measurements: per part and batch, the median of "
         f"{measured['runs']}+ runs alternating with as many history runs (more for parts shorter than "
-        f"{measured['budget_s'] / 5 * 1e3:.0f} ms), every stage (the whole model, each plan's parts) at "
-        "every batch taking turns; 3 warm-up runs before. " + measured.get("note", "") +
+        f"{measured['budget_s'] / measured['runs'] * 1e3:.0f} ms), every stage (the whole model, each "
+        "plan's parts) at every batch taking turns; 3 warm-up runs before. " + measured.get("note", "") +
         "Batches stop where the whole model takes longer than --max-run-s per run. "
         "Cells: MAPE % / worst %; regression only at held-out batches inside the fitted range.", "",
         "| model | batches | naive sum | share x whole | composition (leave-model-out) | history "

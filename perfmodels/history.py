@@ -117,28 +117,22 @@ class RunningStats:
         return True
 
     def _remember(self, value: float) -> None:
-        """Append ``value`` to the window (dropping its oldest past WINDOW) and refresh the median.
-
-        Runs for every task the scheduler records, so it is written out, not composed of helpers."""
+        """Append ``value`` to the window (dropping its oldest past WINDOW) and refresh the median."""
         window, ordered = self.window, self._ordered
         window.append(value)
         bisect.insort(ordered, value)
         if len(window) > WINDOW:
             del ordered[bisect.bisect_left(ordered, window.pop(0))]
-        size = len(ordered)
-        middle = size >> 1
-        self.median = ordered[middle] if size & 1 else (ordered[middle - 1] + ordered[middle]) / 2
+        self._refresh_median()
 
     def _refresh_median(self) -> None:
         ordered = self._ordered
         size = len(ordered)
-        middle = size // 2
-        if size == 0:
-            self.median = math.nan
-        elif size % 2:
+        middle = size >> 1
+        if size & 1:
             self.median = ordered[middle]
         else:
-            self.median = (ordered[middle - 1] + ordered[middle]) / 2
+            self.median = (ordered[middle - 1] + ordered[middle]) / 2 if size else math.nan
 
     def _is_outlier(self, value: float) -> bool:
         std = self.std
