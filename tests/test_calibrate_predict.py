@@ -89,7 +89,7 @@ def test_a_source_model_changed_since_partitioning_is_not_timed_as_the_whole(
 ) -> None:
     onnx.save(chain(5, op="Relu"), str(tmp_path / "chain.onnx"))  # the plan's source, edited
     with pytest.raises(UsageError, match="changed since it was partitioned"):
-        calibrate(plan_dir, batches=[1], threads=[1], store=PerfModelStore(tmp_path / "store"))
+        whole_model_stage(PlanSource.open(plan_dir))
 
 
 def test_the_whole_models_stage_id_is_cached_beside_the_plan(plan_dir: Path) -> None:
