@@ -52,6 +52,8 @@ class HistoryOracle:
         return fit.predict(batch) if fit is not None else math.nan
 
     def transfer(self, task: Task, worker: WorkerSpec) -> float:
+        if self.bus.empty:  # one memory node (or no link measured yet): nothing is ever charged
+            return 0.0
         total = 0.0
         for name, nbytes in task.input_bytes.items():
             nodes = task.input_nodes.get(name)

@@ -62,6 +62,7 @@ CLOSE_TIMEOUT_S = 60.0
 MAX_REQUEST_ATTEMPTS = 3  # a request whose worker died is resent at most this often in all
 JOB_SEPARATOR = "#"  # a job is named <model name>#<sequence number>
 FOOTPRINT_CACHE = 1024  # distinct request shapes remembered per model
+_AT_CLIENT, _NOWHERE = frozenset({CLIENT_MEMORY}), frozenset[str]()  # a task's inputs' first places
 
 
 def job_model_name(job: Job) -> str:
@@ -95,10 +96,16 @@ class Model:
                          tuple(n for n in part.outputs if n in consumed),
                          tuple(n for n in part.outputs if n in plan.model_outputs)) for part in plan.parts]
         self.depends_on = [list(part.depends_on) for part in plan.parts]
-        self._output_lists = [list(part.outputs) for part in plan.parts]  # what session.run takes
+        # per part: where each input is when a request arrives (the client's memory for the model's
+        # own inputs, nowhere yet for another part's outputs); copied into each task
+        model_inputs = {value.name for value in input_values}
+        self._input_nodes = [{n: _AT_CLIENT if n in model_inputs else _NOWHERE for n in part.inputs}
+                             for part in plan.parts]
+        self._feed_inputs = [tuple(n for n in part.inputs if n in model_inputs) for part in plan.parts]
         self._footprints: dict[tuple[tuple[str, tuple[int, ...]], ...], str] = {}
         self.inputs = [_input_spec(value) for value in input_values]
         self._input_names = frozenset(spec.name for spec in self.inputs)
+        self._accepted_shapes: set[tuple[str, tuple[int, ...]]] = set()  # (input, shape) checked already
         self.batcher: DynamicBatcher | None = None
         self.unloaded = False
         self.max_queue = max_queue
@@ -111,15 +118,18 @@ class Model:
         """Requests accepted and not answered yet (waiting for a batch, queued or running)."""
         return self._pending
 
-    def submit(self, inputs: Inputs) -> Future[dict[str, np.ndarray]]:
+    def submit(self, inputs: Inputs, copy: bool = True) -> Future[dict[str, np.ndarray]]:
         """Queue one request (any batch size).
 
         Bad inputs raise InvalidInputError and a full queue raises OverloadedError, both
-        before anything is queued; an accepted request is always answered.
+        before anything is queued; an accepted request is always answered.  The arrays are
+        copied, so the caller may reuse them at once; ``copy=False`` hands them over instead
+        (the caller will not write to them until the future is done), which saves a copy of
+        every input.
         """
         if self.unloaded:
             raise UsageError(f"model {self.name!r} was unloaded; load it again to send it requests")
-        feeds, batch = self._validate(inputs)
+        feeds, batch = self._validate(inputs, copy)
         with self._pending_lock:
             if self.max_queue is not None and self._pending >= self.max_queue:
                 raise OverloadedError(f"model {self.name!r}: {self._pending} requests already queued "
@@ -223,34 +233,47 @@ class Model:
         """Run one request and wait for its outputs (``timeout`` seconds at most, if given)."""
         return self.submit(inputs).result(timeout)
 
-    def _validate(self, inputs: Inputs) -> tuple[dict[str, np.ndarray], int]:
+    def _validate(self, inputs: Inputs, copy: bool) -> tuple[dict[str, np.ndarray], int]:
         expected = self._input_names
         if inputs.keys() != expected:
             missing, unknown = sorted(expected - set(inputs)), sorted(set(inputs) - expected)
             raise InvalidInputError(f"model {self.name!r}: missing inputs {missing}, unexpected {unknown}; "
                                     f"it takes {sorted(expected)}")
         feeds: dict[str, np.ndarray] = {}
-        batches: set[int] = set()
+        batch: int | None = None  # rows, when an input has a batch dimension
+        accepted = self._accepted_shapes
         for spec in self.inputs:
-            value = np.asarray(inputs[spec.name])
+            value = inputs[spec.name]
+            if type(value) is not np.ndarray:
+                value = np.asarray(value)
             if value.dtype != spec.dtype:
                 raise InvalidInputError(f"model {self.name!r} input {spec.name!r}: dtype {value.dtype}, "
                                         f"expected {spec.dtype}; convert with .astype(np.{spec.dtype})")
-            if value.ndim != len(spec.shape) or any(
-                    want is not None and got != want for got, want in zip(value.shape, spec.shape)):
-                shown = tuple("N" if d is None else d for d in spec.shape)
-                raise InvalidInputError(f"model {self.name!r} input {spec.name!r}: shape {value.shape}, "
-                                        f"expected {shown} (N = batch)")
-            if value.ndim and spec.shape[0] is None:
-                batches.add(value.shape[0])
-            feeds[spec.name] = np.array(value, copy=True, order="C")  # the caller may reuse its array
-        if len(batches) > 1:
-            raise InvalidInputError(
-                f"model {self.name!r}: inputs disagree on the batch size {sorted(batches)}")
-        batch = batches.pop() if batches else 1
+            shape = value.shape
+            if (spec.name, shape) not in accepted:  # requests repeat a few shapes: check each once
+                self._check_shape(spec, shape)
+                if len(accepted) >= FOOTPRINT_CACHE:
+                    accepted.clear()
+                accepted.add((spec.name, shape))
+            if shape and spec.shape[0] is None:
+                if batch is not None and shape[0] != batch:
+                    raise InvalidInputError(f"model {self.name!r}: inputs disagree on the batch size "
+                                            f"({batch} and {shape[0]})")
+                batch = shape[0]
+            # the caller may reuse its array (unless it handed it over); the sessions read C order
+            feeds[spec.name] = np.array(value, order="C", copy=True) if copy else np.ascontiguousarray(value)
+        if batch is None:
+            return feeds, 1
         if batch < 1:
             raise InvalidInputError(f"model {self.name!r}: empty batch; send at least one row")
         return feeds, batch
+
+    def _check_shape(self, spec: InputSpec, shape: tuple[int, ...]) -> None:
+        if len(shape) != len(spec.shape) or any(
+                want is not None and got != want for got, want in zip(shape, spec.shape)):
+            shown = tuple("N" if d is None else d for d in spec.shape)
+            raise InvalidInputError(f"model {self.name!r} input {spec.name!r}: shape {shape}, "
+                                    f"expected {shown} (N = batch)")
 
 
 class Runtime:
@@ -287,7 +310,11 @@ class Runtime:
         self._sequence = itertools.count()
         # id(job) -> (its future, its model): what close() drains and unload() waits for
         self._in_flight: dict[int, tuple[Future[dict[str, np.ndarray]], Model]] = {}
-        self._idle = threading.Condition()
+        # The hot paths take the plain lock (a C call); only close() and unload() wait, on the condition
+        # over that same lock, and a finishing job notifies it only while someone waits.
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._waiting = 0
         self._closed = False
         log.info("runtime: policy %s, workers %s", policy, [w.name for w in self.specs])
 
@@ -390,8 +417,10 @@ class Runtime:
         self._batchers = tuple(m.batcher for m in self.models.values() if m.batcher is not None)
         model.unloaded = True
         with self._idle:  # its requests in flight finish first
+            self._waiting += 1
             self._idle.wait_for(lambda: all(m is not model for _, m in self._in_flight.values()),
                                 CLOSE_TIMEOUT_S)
+            self._waiting -= 1
         still_used = {stage for other in self.models.values() for stage in other.stages}
         unused = [stage for stage in model.stages if stage not in still_used]  # a model loaded twice shares
         self.executor.unload(unused)
@@ -410,18 +439,18 @@ class Runtime:
         job = Job(f"{model.name}{JOB_SEPARATOR}{sequence}", model.depends_on, payload=data,
                   on_done=self._job_done)
         request_footprint = model.footprint_of(feeds)  # keys the history
-        job.tasks = [Task(stage, index, job, request_footprint, data.batch, priority=-sequence,
-                          allowed=model.pin.get(index),
-                          input_nodes={n: {CLIENT_MEMORY} if n in feeds else set() for n in io[0]},
-                          input_bytes={n: feeds[n].nbytes for n in io[0] if n in feeds})
-                     for index, (stage, io) in enumerate(zip(model.stages, model.part_io))]
-        with self._idle:
+        pin, batch, nodes, feed_inputs = model.pin.get, data.batch, model._input_nodes, model._feed_inputs
+        job.tasks = [Task(stage, index, job, request_footprint, batch, priority=-sequence,
+                          input_bytes={n: feeds[n].nbytes for n in feed_inputs[index]},
+                          input_nodes=dict(nodes[index]), allowed=pin(index))
+                     for index, stage in enumerate(model.stages)]
+        with self._lock:
             self._check_open()
             self._in_flight[id(job)] = (data.future, model)
         try:
             self.scheduler.submit(job)
         except BaseException:
-            with self._idle:
+            with self._lock:
                 self._in_flight.pop(id(job), None)
             raise
 
@@ -438,11 +467,12 @@ class Runtime:
         """On a worker thread: run one part on the job's own tensors."""
         data: _JobData = task.job.payload
         model, values = data.model, data.values
-        names = model._output_lists[task.part]
-        outputs = dict(zip(names, session.run(names, {n: values[n] for n in model.part_io[task.part][0]})))
+        inputs, names, consumed, _ = model.part_io[task.part]
+        outputs = dict(zip(names, session.run(names, {n: values[n] for n in inputs})))
         values.update(outputs)
-        assert task.worker is not None
-        task.job.place({n: v.nbytes for n, v in outputs.items()}, {task.worker.memory_node})
+        if consumed:  # where the tensors other parts read are now, for their transfer estimates
+            assert task.worker is not None
+            task.job.place({n: outputs[n].nbytes for n in consumed}, {task.worker.memory_node})
 
     @staticmethod
     def _task_io(task: Task) -> TaskIO:
@@ -456,26 +486,38 @@ class Runtime:
         self.executor.release(job)
         if isinstance(error, WorkerLostError) and self._resend(job, data, error):
             return
+        future = data.future
+        outcome: dict[str, np.ndarray] | BaseException
         try:
-            if not data.future.set_running_or_notify_cancel():
-                return  # the caller cancelled it while queued
-            if error is None:
-                data.future.set_result({n: data.values[n] for n in data.model.plan.model_outputs})
-                return
-            failed = job.failed_task
-            worker = failed.worker.name if failed and failed.worker else "?"
-            part = failed.part if failed else "?"
-            message = f"{job.name}: part {part} failed on {worker}: {type(error).__name__}: {error}"
-            wrapped = TaskFailedError(message, failed, worker)
-            wrapped.__cause__ = error
-            data.future.set_exception(wrapped)
-        finally:
-            data.values.clear()
-            with self._idle:
-                self._in_flight.pop(id(job), None)
+            outcome = ({n: data.values[n] for n in data.model.plan.model_outputs} if error is None
+                       else self._failure(job, error))
+        except Exception as exc:  # a bug of ours: the caller gets it rather than a wait forever
+            outcome = exc
+        data.values.clear()
+        with self._lock:
+            self._in_flight.pop(id(job), None)
+            if self._waiting:
                 self._idle.notify_all()
-            for batcher in self._batchers:  # a slot is free: waiting batches may go
-                batcher.poke()
+        for batcher in self._batchers:  # a slot is free: waiting batches may go
+            batcher.poke()
+        # The answer last: it wakes the caller, who would otherwise wait for this thread's bookkeeping.
+        if not future.set_running_or_notify_cancel():
+            return  # the caller cancelled it while queued
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
+
+    @staticmethod
+    def _failure(job: Job, error: BaseException) -> TaskFailedError:
+        """The error a failed request is answered with: which part failed where, and why."""
+        failed = job.failed_task
+        worker = failed.worker.name if failed and failed.worker else "?"
+        part = failed.part if failed else "?"
+        message = f"{job.name}: part {part} failed on {worker}: {type(error).__name__}: {error}"
+        wrapped = TaskFailedError(message, failed, worker)
+        wrapped.__cause__ = error
+        return wrapped
 
     def _resend(self, job: Job, data: _JobData, error: WorkerLostError) -> bool:
         """Run a request whose worker died again from its inputs, if attempts are left."""
@@ -483,7 +525,7 @@ class Runtime:
             return False
         log.warning("%s: %s; resending the request (attempt %d of %d)", job.name, error,
                     data.attempts + 1, MAX_REQUEST_ATTEMPTS)
-        with self._idle:
+        with self._lock:
             self._in_flight.pop(id(job), None)
         data.values = dict(data.feeds)
         try:
@@ -501,7 +543,9 @@ class Runtime:
             if self._closed:
                 return
             self._closed = True
+            self._waiting += 1
             drained = self._idle.wait_for(lambda: not self._in_flight, timeout)
+            self._waiting -= 1
             stranded = [future for future, _ in self._in_flight.values()]
         if not drained:
             log.warning("closing with %d requests still in flight after %.0f s", len(stranded), timeout)

@@ -14,7 +14,7 @@ State, field by field:
 
 - ``_running``: worker name -> the task it runs now;
 - ``_busy_cores``: cores held by running tasks (a wide worker holds all of its group's);
-- ``_jobs``: jobs not finished yet, with ``_remaining`` tasks each.
+- ``job.remaining`` (on each job): its tasks not closed yet; the job finishes at 0.
 """
 
 from __future__ import annotations
@@ -46,7 +46,10 @@ class Executor(Protocol):
 
 
 class PerfOracle(Protocol):
-    """Predictions for the policy, and the sink of every measured duration."""
+    """Predictions for the policy, and the sink of every measured duration.
+
+    A prediction depends on the worker's ``arch`` only (perf models are kept per processor
+    kind), so a policy may ask once per kind."""
 
     def predict(self, task: Task, worker: WorkerSpec) -> float: ...
 
@@ -105,8 +108,7 @@ class Scheduler:
         self._lock = threading.Lock()
         self._running: dict[str, Task] = {}
         self._busy_cores: set[int] = set()
-        self._remaining: dict[int, int] = {}  # id(job) -> tasks not done
-        self._counts = {"submitted": 0, "finished": 0, "failed": 0, "done": 0, "retried": 0}
+        self._submitted = self._finished = self._failed_jobs = self._done = self._retried = 0
         policy.attach(PolicyContext(
             workers=self.workers, clock=clock, predict_s=perf.predict, transfer_s=perf.transfer,
             prefetch=executor.prefetch,
@@ -119,11 +121,12 @@ class Scheduler:
         finished: list[Job] = []
         with self._lock:
             now = self.clock.now()
-            self._counts["submitted"] += 1
-            self._remaining[id(job)] = len(job.tasks)
+            self._submitted += 1
+            job.remaining = len(job.tasks)
             for task in job.tasks:
                 task.submit_s = now
-                self._emit("submit", task, None, now)
+                if self.instruments:
+                    self._emit("submit", task, None, now)
             for task in job.tasks:
                 if not job.depends_on[task.part] and task.state is TaskState.WAITING:
                     self._make_ready(task, now, finished)
@@ -178,9 +181,8 @@ class Scheduler:
 
     def statistics(self) -> SchedulerStats:
         with self._lock:
-            c = self._counts
-            return SchedulerStats(c["submitted"], c["finished"], c["failed"], c["done"], c["retried"],
-                                  tuple(sorted(self._running)))
+            return SchedulerStats(self._submitted, self._finished, self._failed_jobs, self._done,
+                                  self._retried, tuple(sorted(self._running)))
 
     # -- transitions (under the lock) -------------------------------------------------------
 
@@ -193,15 +195,17 @@ class Scheduler:
             return
         task.state = TaskState.READY
         task.ready_s = now
-        self._emit("ready", task, None, now)
+        if self.instruments:
+            self._emit("ready", task, None, now)
         self.policy.push(task)
 
     def _succeeded(self, task: Task, worker: WorkerSpec, now: float, finished: list[Job]) -> None:
         task.state = TaskState.DONE
         # A remote worker measures compute alone; end - start would add the network round trip.
         duration = task.compute_s if math.isfinite(task.compute_s) else task.end_s - task.start_s
-        self._counts["done"] += 1
-        self._emit("end", task, worker, now)
+        self._done += 1
+        if self.instruments:
+            self._emit("end", task, worker, now)
         self.perf.record(task, worker, duration)
         self.policy.on_done(task, worker, duration)
         job = task.job
@@ -220,7 +224,7 @@ class Scheduler:
         retry = isinstance(error, WorkerFault) and len(task.failed_on) < MAX_ATTEMPTS
         if retry and self.policy.context.eligible(task):
             log.warning("%s failed on %s (%s); retrying elsewhere", task, worker.name, error)
-            self._counts["retried"] += 1
+            self._retried += 1
             self._make_ready(task, now, finished)
             return
         cause = error.__cause__ if isinstance(error, WorkerFault) and error.__cause__ else error
@@ -240,13 +244,15 @@ class Scheduler:
                 self._task_closed(other, finished)
 
     def _task_closed(self, task: Task, finished: list[Job]) -> None:
-        key = id(task.job)
-        self._remaining[key] -= 1
-        if self._remaining[key] == 0:
-            del self._remaining[key]
-            task.job.finished = True
-            self._counts["failed" if task.job.error else "finished"] += 1
-            finished.append(task.job)
+        job = task.job
+        job.remaining -= 1
+        if job.remaining == 0:
+            job.finished = True
+            if job.error is None:
+                self._finished += 1
+            else:
+                self._failed_jobs += 1
+            finished.append(job)
 
     def _dispatch(self, finished: list[Job]) -> None:
         """Offer every idle worker whose cores are free a task.
@@ -282,7 +288,8 @@ class Scheduler:
             task.predicted_s = self.perf.predict(task, worker)
         self._running[worker.name] = task
         self._busy_cores.update(worker.cores)
-        self._emit("start", task, worker, now)
+        if self.instruments:
+            self._emit("start", task, worker, now)
         try:
             self.executor.start(task, worker)
         except Exception as exc:  # the worker could not take it: free it, fail (or retry) the task

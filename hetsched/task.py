@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Set
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -67,9 +67,9 @@ class Task:
     batch: int
     priority: int = 0
     input_bytes: dict[str, int] = field(default_factory=dict)
-    input_nodes: dict[str, set[str]] = field(default_factory=dict)
+    input_nodes: dict[str, Set[str]] = field(default_factory=dict)
     allowed: frozenset[str] | None = None
-    id: int = field(default_factory=lambda: next(_ids))
+    id: int = field(default_factory=_ids.__next__)
     state: TaskState = TaskState.WAITING
     worker: WorkerSpec | None = None
     predicted_s: float = math.nan
@@ -100,12 +100,13 @@ class Job:
     error: BaseException | None = None
     failed_task: Task | None = None  # the task whose failure failed the job
     finished: bool = False
+    remaining: int = 0  # tasks not closed yet (the scheduler's count)
 
-    def place(self, tensors: dict[str, int], nodes: set[str]) -> None:
+    def place(self, tensors: dict[str, int], nodes: Set[str]) -> None:
         """Tensors (name -> bytes) now have copies on ``nodes``: what the transfer estimates of the
         tasks consuming them read (executors call it when a task's outputs are stored)."""
         for task in self.tasks:
             for name, nbytes in tensors.items():
                 if name in task.input_nodes:
-                    task.input_nodes[name] = set(nodes)
+                    task.input_nodes[name] = frozenset(nodes)
                     task.input_bytes[name] = nbytes

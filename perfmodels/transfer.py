@@ -305,6 +305,11 @@ class BusModel:
             self._check_key(src, dst, kind)
             self._links[(src, dst, kind)] = link
 
+    @property
+    def empty(self) -> bool:
+        """No link is known: every transfer is free (one memory node) or unknown, so costs nothing."""
+        return not self._links
+
     @staticmethod
     def _check_key(src: str, dst: str, kind: str) -> None:
         allowed = link_kinds(src, dst)

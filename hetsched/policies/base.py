@@ -28,7 +28,7 @@ from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, cast
 
 from hetsched.clock import Clock
 from hetsched.task import Task, WorkerSpec
@@ -54,6 +54,16 @@ class PolicyContext:
                 if w.name not in failed and (allowed is None or w.name in allowed)]
 
 
+class _Unattached:
+    """A policy's context before the scheduler attached it: any use says so."""
+
+    def __init__(self, policy: str) -> None:
+        self._policy = policy
+
+    def __getattr__(self, name: str) -> object:
+        raise RuntimeError(f"policy {self._policy!r} used before the scheduler attached it")
+
+
 class Policy(ABC):
     """Base of every policy; subclasses register themselves by ``name``."""
 
@@ -61,17 +71,12 @@ class Policy(ABC):
     description: ClassVar[str]
 
     def __init__(self) -> None:
-        self.ctx: PolicyContext | None = None
+        # A plain attribute, not a checking property: hooks read it several times per task.
+        self.context: PolicyContext = cast(PolicyContext, _Unattached(self.name))
 
     def attach(self, ctx: PolicyContext) -> None:
         """Called once by the scheduler before any other hook."""
-        self.ctx = ctx
-
-    @property
-    def context(self) -> PolicyContext:
-        if self.ctx is None:
-            raise RuntimeError(f"policy {self.name!r} used before the scheduler attached it")
-        return self.ctx
+        self.context = ctx
 
     @abstractmethod
     def push(self, task: Task) -> None: ...

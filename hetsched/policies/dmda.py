@@ -223,8 +223,11 @@ class Dmda(Policy):
 
     def _expected_free_s(self, worker: WorkerSpec, now: float) -> float:
         free = now
+        free_s = self._free_s
         for slot in self._slots(worker):
-            free = max(free, self._free_s.get(slot, now))
+            at = free_s.get(slot, now)
+            if at > free:
+                free = at
         return free
 
     def push(self, task: Task) -> None:
@@ -233,27 +236,55 @@ class Dmda(Policy):
         eligible = ctx.eligible(task)
         if not eligible:
             raise RuntimeError(f"{task}: no worker may run it (failed on {sorted(task.failed_on)})")
-        predicted = {w.name: ctx.predict_s(task, w) for w in eligible}  # once per push: the hot path
+        predict = ctx.predict_s
+        predicted: dict[str, float] = {}  # once per push and kind: the hot path
+        by_arch: dict[str, float] = {}
+        for w in eligible:
+            length = by_arch.get(w.arch)
+            if length is None:
+                length = by_arch[w.arch] = predict(task, w)
+            predicted[w.name] = length
         if self._wide:  # the wide/narrow choice reads the load offered before this task
             self._decay_offered(now)
-        workers = self._candidates(eligible, predicted, now)
-        if self._wide:
+            workers = self._candidates(eligible, predicted, now)
             self._offer(predicted)
-        lengths = [predicted[w.name] for w in workers]
-        transfers = [ctx.transfer_s(task, w) for w in workers]
-        frees = [self._expected_free_s(w, now) for w in workers]
-        uncalibrated = [i for i, length in enumerate(lengths) if not math.isfinite(length)]
-        if uncalibrated:
-            known = [length for length in lengths if math.isfinite(length)]
+        else:
+            workers = eligible
+        # One pass gathers each candidate's (free time, transfer, length); plain loops, no lambdas:
+        # this runs for every task.
+        transfer = ctx.transfer_s
+        rows = []
+        uncalibrated = False
+        best_end = math.inf
+        for worker in workers:
+            free = self._expected_free_s(worker, now)
+            moved = transfer(task, worker)
+            length = predicted[worker.name]
+            if length == length:  # calibrated (not NaN)
+                end = max(free, now + moved) + length
+                best_end = min(best_end, end)
+            else:
+                uncalibrated = True
+                end = math.nan
+            rows.append((worker, free, moved, length, end))
+        if uncalibrated:  # calibrate: the least loaded uncalibrated worker, soonest free first
+            known = [row[3] for row in rows if row[3] == row[3]]
             guess = min(known) if known else 0.0
-            choice = min(uncalibrated, key=lambda i: (self._load(workers[i]), frees[i], i))
-            self._assign(task, workers[choice], guess, transfers[choice], now, frees[choice])
+            chosen, best = rows[0], None
+            for row in rows:
+                if row[3] != row[3]:
+                    rank = (self._load(row[0]), row[1])
+                    if best is None or rank < best:
+                        chosen, best = row, rank
+            self._assign(task, chosen[0], guess, chosen[2], now, chosen[1])
             return
-        ends = [max(free, now + t) + length for free, t, length in zip(frees, transfers, lengths)]
-        best_end = min(ends)
-        fitness = [self.alpha * (end - best_end) + self.beta * t for end, t in zip(ends, transfers)]
-        choice = min(range(len(workers)), key=lambda i: (fitness[i], i))
-        self._assign(task, workers[choice], lengths[choice], transfers[choice], now, frees[choice])
+        alpha, beta = self.alpha, self.beta
+        chosen, best_fitness = rows[0], math.inf
+        for row in rows:  # the first of equal fitness wins, as the workers are listed
+            fitness = alpha * (row[4] - best_end) + beta * row[2]
+            if fitness < best_fitness:
+                chosen, best_fitness = row, fitness
+        self._assign(task, chosen[0], chosen[3], chosen[2], now, chosen[1])
 
     def _assign(self, task: Task, worker: WorkerSpec, length_s: float, transfer_s: float, now: float,
                 free_s: float) -> None:
@@ -270,20 +301,27 @@ class Dmda(Policy):
         task.predicted_s = length_s
         self.context.prefetch(task, worker)
 
-    def _pick(self, queue: list[tuple[int, Task]]) -> tuple[int, Task]:
-        return queue[0]
+    def _pick(self, queue: list[tuple[int, Task]]) -> int:
+        """Index in ``queue`` of the task to run next: the oldest assignment."""
+        return 0
 
     def pop(self, worker: WorkerSpec) -> Task | None:
         queue = self._queues.get(worker.name)
         if not queue:
             return None
         slots = self._slots(worker)
-        if any(self._reservations[slot][0][1] != worker.name for slot in slots):
-            return None  # another worker reserved one of these cores earlier: it goes first
-        order, task = self._pick(queue)
-        queue.remove((order, task))
+        name = worker.name
+        reservations = self._reservations
         for slot in slots:
-            self._reservations[slot].remove((order, worker.name))
+            if reservations[slot][0][1] != name:
+                return None  # another worker reserved one of these cores earlier: it goes first
+        order, task = queue.pop(self._pick(queue))
+        for slot in slots:
+            held = reservations[slot]
+            if held[0][0] == order:
+                held.popleft()
+            else:
+                held.remove((order, name))
         self._busy.update(slots)
         return task
 
@@ -311,5 +349,5 @@ class Dmdas(Dmda):
     name = "dmdas"
     description = "dmda, and within a worker's queue higher priority (older requests) first"
 
-    def _pick(self, queue: list[tuple[int, Task]]) -> tuple[int, Task]:
-        return min(queue, key=lambda item: (-item[1].priority, item[0]))
+    def _pick(self, queue: list[tuple[int, Task]]) -> int:
+        return min(range(len(queue)), key=lambda i: (-queue[i][1].priority, queue[i][0]))
