@@ -115,12 +115,19 @@ def run(requests: int, rounds: int) -> dict[str, Any]:
             paths["Triton gRPC"] = lambda: t_grpc.infer("tiny", [grpc_input])
             paths["Triton HTTP"] = lambda: t_http.infer("tiny", [http_input])
             paths["Triton gRPC no-op"] = t_grpc.is_server_live
+        servers = {name: daemon.process.pid for name in paths if name.startswith(("daemon", "gRPC", "HTTP"))}
+        if triton is not None:
+            servers.update({name: triton.process.pid for name in paths if name.startswith("Triton")})
         samples: dict[str, list[float]] = {name: [] for name in paths}
+        cpu_s = dict.fromkeys(servers, 0.0)  # the server's own CPU (all its processes) over its calls
         bar = ProgressBar("daemon overhead")
         try:
             for round_ in range(rounds):
                 for index, (name, call) in enumerate(paths.items()):
+                    before = tree_cpu_s(servers[name]) if name in servers else 0.0
                     samples[name] += timed_calls(call, requests, warmup=requests // 10)
+                    if name in servers:
+                        cpu_s[name] += tree_cpu_s(servers[name]) - before
                     bar(round_ * len(paths) + index + 1, rounds * len(paths))
         finally:
             grpc.close()
@@ -134,11 +141,29 @@ def run(requests: int, rounds: int) -> dict[str, Any]:
         if code != 0:
             raise RuntimeError(f"the daemon exited with {code}:\n{daemon.text()[-2000:]}")
     results = {name: summary(values) for name, values in samples.items()}
+    calls = rounds * (requests + requests // 10)
+    for name, seconds in cpu_s.items():
+        results[name]["server_cpu_us"] = seconds / calls * 1e6
     base = results["in-process"]["median_us"]
     for name in ("daemon gRPC", "daemon HTTP", "Triton gRPC", "Triton HTTP"):
         if name in results:
             results[name]["overhead_median_us"] = results[name]["median_us"] - base
     return results
+
+
+def tree_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process and all its children (Triton's backend stubs)."""
+    import psutil
+
+    root = psutil.Process(pid)
+    total = 0.0
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
 
 
 def _start_triton(scratch: Path, model_path: Path) -> tuple[Any, tuple[Any, Any]]:
@@ -172,14 +197,17 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
         f"{args.rounds} interleaved rounds of {args.requests} requests per path; `tritonclient` "
         f"{package_version('tritonclient')} against `hetsched serve` on loopback (no dynamic batcher) and, "
         "when installed, a real Triton 2.51 (`nvidia-pytriton`; its Python backend running ONNX Runtime on "
-        "the same file, 1 instance, 1 thread). Both servers share the 2 cores with the client.",
+        "the same file, 1 instance, 1 thread). Both servers share the 2 cores with the client. Server CPU: "
+        "user + system time of the server's processes (Triton's backend stub included) over a path's calls, "
+        "divided by them: what a request costs the machine, which bounds the rate the cores can serve.",
         "",
-        "| path | median µs | p99 µs | overhead over in-process (median) µs |",
-        "|---|---:|---:|---:|",
+        "| path | median µs | p99 µs | overhead over in-process (median) µs | server CPU µs per call |",
+        "|---|---:|---:|---:|---:|",
     ]
     for name, row in results.items():
         overhead = f"{row['overhead_median_us']:.0f}" if "overhead_median_us" in row else ""
-        lines.append(f"| {name} | {row['median_us']:.0f} | {row['p99_us']:.0f} | {overhead} |")
+        cpu = f"{row['server_cpu_us']:.0f}" if "server_cpu_us" in row else ""
+        lines.append(f"| {name} | {row['median_us']:.0f} | {row['p99_us']:.0f} | {overhead} | {cpu} |")
     grpc = results["daemon gRPC"]["overhead_median_us"]
     lines += [
         "",

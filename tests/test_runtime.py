@@ -109,6 +109,32 @@ def test_bad_input_is_refused_before_anything_is_queued(bad: Arrays, message: st
         assert runtime.scheduler.statistics().submitted_jobs == 0
 
 
+def test_a_shape_once_accepted_does_not_let_a_bad_one_through() -> None:
+    with Runtime(policy="dmda", workers="1x1") as runtime:
+        model = runtime.load(zoo.build("multi-io"))
+        good, _ = expected(zoo.build("multi-io"), 2, 0)
+        model.infer(good, timeout=30)
+        with pytest.raises(InvalidInputError, match="disagree on the batch size \\(2 and 3\\)"):
+            model.submit({"features": good["features"], "token_ids": np.zeros((3, 4), np.int64)})
+        with pytest.raises(InvalidInputError, match="shape \\(2, 5\\), expected \\('N', 4\\)"):
+            model.submit({"features": good["features"], "token_ids": np.zeros((2, 5), np.int64)})
+        with pytest.raises(InvalidInputError, match="empty batch"):
+            model.submit({"features": good["features"][:0], "token_ids": good["token_ids"][:0]})
+        assert runtime.scheduler.statistics().submitted_jobs == 1
+
+
+def test_arrays_handed_over_read_only_are_answered_like_copies() -> None:
+    """What the daemon does with the buffers a request arrived in: no copy, and they may be read-only."""
+    with Runtime(policy="dmda") as runtime:
+        model = runtime.load(zoo.build("lenet5"), ratios=(0.5, 0.5))
+        feeds, want = expected(zoo.build("lenet5"), 3, 4)
+        x = feeds["input"]
+        frozen = np.frombuffer(x.tobytes(), dtype=x.dtype).reshape(x.shape)
+        assert not frozen.flags.writeable
+        out = model.submit({"input": frozen}, copy=False).result(timeout=30)
+        np.testing.assert_allclose(out["logits"], want["logits"], rtol=1e-5)
+
+
 def test_close_drains_in_flight_work_then_refuses_more() -> None:
     runtime = Runtime(policy="dmdas")
     model = runtime.load(zoo.build("lenet5"), ratios=(0.5, 0.5))

@@ -271,7 +271,7 @@ class InferenceService:
         try:
             if served.model.unloaded:  # a reload retired this version between lookup and submit
                 served = self.get(served.name, served.version)
-            future = served.model.submit(feeds)
+            future = served.model.submit(feeds, copy=False)  # the arrays are the request's own
         except OverloadedError:
             with served.stats.lock:
                 served.stats.rejected += 1
