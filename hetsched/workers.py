@@ -60,6 +60,9 @@ class CpuWorker:
         self._on_done = on_done
         self._run_task = run_task
         self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        # run(task) hands a task to the thread: a task alone (control messages are tuples), put
+        # with the queue's own method, no Python frame between the scheduler and the queue
+        self.run: Callable[[Task], None] = self._inbox.put
         self.sessions: dict[str, Any] = {}
         self.pinned: tuple[int, ...] = ()
         self.ort_threads: dict[int, tuple[int, ...]] = {}  # ORT intra-op thread id -> its cores
@@ -75,9 +78,6 @@ class CpuWorker:
     def unload(self, stage_ids: list[str]) -> None:
         self._inbox.put(("unload", stage_ids, None))
 
-    def run(self, task: Task) -> None:
-        self._inbox.put(("run", task, None))
-
     def stop(self) -> None:
         self._inbox.put(_STOP)
         self._thread.join(timeout=30)
@@ -86,16 +86,17 @@ class CpuWorker:
         self._pin()
         while True:
             item = self._inbox.get()
+            if item.__class__ is Task:
+                self._execute(item)
+                continue
             if item is _STOP:
                 return
             kind, payload, future = item
             if kind == "load":
                 self._load(payload, future)
-            elif kind == "unload":
+            else:
                 for stage in payload:
                     self.sessions.pop(stage, None)
-            else:
-                self._execute(payload)
 
     def _pin(self) -> None:
         if self.spec.cores and hasattr(os, "sched_setaffinity"):
@@ -159,6 +160,7 @@ class ThreadExecutor:
         self._run_task = run_task
         self.specs = specs
         self.workers = {spec.name: CpuWorker(spec, self._done, run_task) for spec in specs}
+        self._run = {name: worker.run for name, worker in self.workers.items()}  # start's one lookup
         self.report: Report | None = None
         self.on_join: Callable[[WorkerSpec], None] | None = None  # a machine's workers never change
         self.on_leave: Callable[[WorkerSpec], None] | None = None
@@ -180,7 +182,7 @@ class ThreadExecutor:
         self.report(task, error)
 
     def start(self, task: Task, worker: WorkerSpec) -> None:
-        self.workers[worker.name].run(task)
+        self._run[worker.name](task)
 
     def prefetch(self, task: Task, worker: WorkerSpec) -> None:
         """Host memory only so far: every input is already where a CPU worker reads it."""
