@@ -96,15 +96,14 @@ class Model:
                          tuple(n for n in part.outputs if n in consumed),
                          tuple(n for n in part.outputs if n in plan.model_outputs)) for part in plan.parts]
         self.depends_on = [list(part.depends_on) for part in plan.parts]
-        # per part: where each input is when a request arrives (the client's memory for the model's
-        # own inputs, nowhere yet for another part's outputs); copied into each task
-        model_inputs = {value.name for value in input_values}
-        self._input_nodes = [{n: _AT_CLIENT if n in model_inputs else _NOWHERE for n in part.inputs}
-                             for part in plan.parts]
-        self._feed_inputs = [tuple(n for n in part.inputs if n in model_inputs) for part in plan.parts]
         self._footprints: dict[tuple[tuple[str, tuple[int, ...]], ...], str] = {}
         self.inputs = [_input_spec(value) for value in input_values]
         self._input_names = frozenset(spec.name for spec in self.inputs)
+        # per part: where each input is when a request arrives (the client's memory for the model's
+        # own inputs, nowhere yet for another part's outputs); copied into each task
+        self._input_nodes = [{n: _AT_CLIENT if n in self._input_names else _NOWHERE for n in part.inputs}
+                             for part in plan.parts]
+        self._feed_inputs = [tuple(n for n in part.inputs if n in self._input_names) for part in plan.parts]
         self._accepted_shapes: set[tuple[str, tuple[int, ...]]] = set()  # (input, shape) checked already
         self.batcher: DynamicBatcher | None = None
         self.unloaded = False

@@ -46,10 +46,7 @@ class Executor(Protocol):
 
 
 class PerfOracle(Protocol):
-    """Predictions for the policy, and the sink of every measured duration.
-
-    A prediction depends on the worker's ``arch`` only (perf models are kept per processor
-    kind), so a policy may ask once per kind."""
+    """Predictions for the policy, and the sink of every measured duration."""
 
     def predict(self, task: Task, worker: WorkerSpec) -> float: ...
 

@@ -160,7 +160,6 @@ class ThreadExecutor:
         self._run_task = run_task
         self.specs = specs
         self.workers = {spec.name: CpuWorker(spec, self._done, run_task) for spec in specs}
-        self._run = {name: worker.run for name, worker in self.workers.items()}  # start's one lookup
         self.report: Report | None = None
         self.on_join: Callable[[WorkerSpec], None] | None = None  # a machine's workers never change
         self.on_leave: Callable[[WorkerSpec], None] | None = None
@@ -182,7 +181,7 @@ class ThreadExecutor:
         self.report(task, error)
 
     def start(self, task: Task, worker: WorkerSpec) -> None:
-        self._run[worker.name](task)
+        self.workers[worker.name].run(task)
 
     def prefetch(self, task: Task, worker: WorkerSpec) -> None:
         """Host memory only so far: every input is already where a CPU worker reads it."""

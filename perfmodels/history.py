@@ -105,20 +105,14 @@ class RunningStats:
         if not math.isfinite(value):
             raise ValueError(f"sample must be a finite number, got {x!r}")
         self._remember(value)
-        count, mean = self.count, self.mean
-        if reject_outliers and count >= max(min_samples, 1):
-            # an outlier: more than _OUTLIER_SIGMAS deviations and _OUTLIER_MEAN_SHARE above the mean
-            # (written out, not through the std property: this runs for every task)
-            spread = _OUTLIER_SIGMAS * math.sqrt(max(self.m2 / (count - 1), 0.0)) if count >= 2 else 0.0
-            if value - mean > max(spread, _OUTLIER_MEAN_SHARE * abs(mean)):
-                self.rejected += 1
-                self.recent_outliers.append(value)
-                if len(self.recent_outliers) < max(min_samples, 1):
-                    return False
-                self._reset_to_recent_outliers()
-                return True
-        if self.recent_outliers:
-            self.recent_outliers.clear()
+        if reject_outliers and self.count >= max(min_samples, 1) and self._is_outlier(value):
+            self.rejected += 1
+            self.recent_outliers.append(value)
+            if len(self.recent_outliers) < max(min_samples, 1):
+                return False
+            self._reset_to_recent_outliers()
+            return True
+        self.recent_outliers.clear()
         self._fold(value)
         return True
 
@@ -139,6 +133,11 @@ class RunningStats:
             self.median = ordered[middle]
         else:
             self.median = (ordered[middle - 1] + ordered[middle]) / 2 if size else math.nan
+
+    def _is_outlier(self, value: float) -> bool:
+        std = self.std
+        spread = _OUTLIER_SIGMAS * (std if math.isfinite(std) else 0.0)
+        return value - self.mean > max(spread, _OUTLIER_MEAN_SHARE * abs(self.mean))
 
     def _fold(self, value: float) -> None:
         self.count += 1

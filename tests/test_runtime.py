@@ -133,6 +133,10 @@ def test_arrays_handed_over_read_only_are_answered_like_copies() -> None:
         assert not frozen.flags.writeable
         out = model.submit({"input": frozen}, copy=False).result(timeout=30)
         np.testing.assert_allclose(out["logits"], want["logits"], rtol=1e-5)
+        # what the request's job reads is the handed-over buffer itself, and a copy by default
+        handed, _ = model._validate({"input": frozen}, copy=False)
+        copied, _ = model._validate({"input": frozen}, copy=True)
+        assert np.shares_memory(handed["input"], frozen) and not np.shares_memory(copied["input"], frozen)
 
 
 def test_close_drains_in_flight_work_then_refuses_more() -> None:

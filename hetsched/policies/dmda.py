@@ -236,14 +236,7 @@ class Dmda(Policy):
         eligible = ctx.eligible(task)
         if not eligible:
             raise RuntimeError(f"{task}: no worker may run it (failed on {sorted(task.failed_on)})")
-        predict = ctx.predict_s
-        predicted: dict[str, float] = {}  # once per push and kind: the hot path
-        by_arch: dict[str, float] = {}
-        for w in eligible:
-            length = by_arch.get(w.arch)
-            if length is None:
-                length = by_arch[w.arch] = predict(task, w)
-            predicted[w.name] = length
+        predicted = {w.name: ctx.predict_s(task, w) for w in eligible}  # once per push: the hot path
         if self._wide:  # the wide/narrow choice reads the load offered before this task
             self._decay_offered(now)
             workers = self._candidates(eligible, predicted, now)
