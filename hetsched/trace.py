@@ -25,6 +25,7 @@ class TraceEvent:
     part: int
     worker: str | None
     when_s: float
+    rows: int  # the task's batch: how many requests' rows it ran at once
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,8 @@ class TraceRecorder:
         with self._lock:
             if len(self._events) < self.limit:
                 name = worker.name if worker else None
-                self._events.append(TraceEvent(event, task.id, task.job.name, task.part, name, when_s))
+                self._events.append(TraceEvent(event, task.id, task.job.name, task.part, name, when_s,
+                                                  task.batch))
 
     def events(self) -> list[TraceEvent]:
         with self._lock:
@@ -85,7 +87,7 @@ class TraceRecorder:
                     "name": f"{start.job} part {start.part}",
                     "ts": (start.when_s - origin) * 1e6,
                     "dur": (end.when_s - start.when_s) * 1e6,
-                    "args": {"task": start.task_id, "status": end.event},
+                    "args": {"task": start.task_id, "rows": start.rows, "status": end.event},
                 }
             )
         arrived: dict[str, float] = {}

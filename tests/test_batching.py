@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from hetsched import zoo
-from hetsched.batching import DynamicBatcher, choose_batch
-from hetsched.clock import MonotonicClock
+from hetsched.batching import ArrivalRate, DynamicBatcher, choose_batch
+from hetsched.clock import FakeClock, MonotonicClock
 from hetsched.errors import UsageError
 from hetsched.runtime import Runtime
 from hetsched.sequential import run_whole
@@ -36,6 +36,38 @@ def test_low_rate_keeps_batches_small_high_rate_grows_them() -> None:
 def test_overload_takes_the_best_throughput_and_unknown_sizes_are_skipped() -> None:
     assert choose_batch(1e6, lambda n: 0.010 + 0.001 * n, 8) == 8
     assert choose_batch(100.0, lambda n: math.nan if n < 4 else 0.001 * n, 8) == 4
+
+
+def test_the_arrival_rate_of_steady_poisson_arrivals_reads_steady() -> None:
+    """Poisson arrivals at 57/s for 20 s: after the first second, every reading is
+    of 57 within 40% (an average of inter-arrival gaps read 24 to 95/s, and the chooser's batch followed);
+    after the rate drops to 20/s, within 3 s it reads about 20."""
+    rng = np.random.default_rng(1)
+    clock = FakeClock()
+    rate = ArrivalRate(clock)
+    assert rate.per_s == 0.0
+    readings = []
+    for gap in rng.exponential(1 / 57, size=57 * 20):
+        clock.advance(float(gap))
+        rate.tick()
+        if clock.now() > 1.0:
+            readings.append(rate.per_s)
+    assert 57 / 1.4 < min(readings) and max(readings) < 57 * 1.4, (min(readings), max(readings))
+    assert float(np.median(readings)) == pytest.approx(57, rel=0.05)
+    for gap in rng.exponential(1 / 20, size=20 * 3):
+        clock.advance(float(gap))
+        rate.tick()
+    assert rate.per_s == pytest.approx(20, rel=0.4)
+
+
+def test_the_first_arrivals_read_their_own_rate() -> None:
+    """Half a second of 10/s reads 10/s, not the 5/s of a full window's count."""
+    clock = FakeClock()
+    rate = ArrivalRate(clock)
+    for _ in range(6):
+        rate.tick()
+        clock.advance(0.1)
+    assert rate.per_s == pytest.approx(10, rel=0.15)
 
 
 def test_keeping_up_counts_workers_side_by_side() -> None:
@@ -125,6 +157,20 @@ def test_requests_wait_while_every_worker_is_busy_then_leave_as_one_batch() -> N
     answers = [f.result(timeout=30)["y"] for f in futures]
     batcher.close()
     assert launched == [3]
+    for i, answer in enumerate(answers):
+        np.testing.assert_array_equal(answer, np.full((1, 2), 2 * i, np.float32))
+
+
+def test_a_held_batch_leaves_at_the_choosers_size() -> None:
+    """Every worker busy and the chooser wants batches of 2 (max 8): two batches of 2 leave, to
+    queue behind the running work, instead of one of 4 that the chooser had judged worse."""
+    launched: list[int] = []
+    batcher = DynamicBatcher(doubling(launched), max_batch=8, max_delay_s=0.0, clock=MonotonicClock(),
+                             target=lambda rate: 2, has_capacity=lambda: False)
+    futures = [batcher.submit({"x": np.full((1, 2), i, np.float32)}, 1) for i in range(4)]
+    answers = [f.result(timeout=30)["y"] for f in futures]
+    batcher.close()
+    assert launched == [2, 2]
     for i, answer in enumerate(answers):
         np.testing.assert_array_equal(answer, np.full((1, 2), 2 * i, np.float32))
 

@@ -23,7 +23,8 @@ WORKERS = [WorkerSpec("a", "cpu:1t", "host:0", (0,)), WorkerSpec("b", "cpu:1t", 
 
 
 def traced_run() -> TraceRecorder:
-    """Three two-part requests (parts of 2 s then 1 s) submitted at t=0 on two one-core workers."""
+    """Three two-part requests (parts of 2 s then 1 s; batches of 1, 2, 3 rows) submitted at t=0 on
+    two one-core workers."""
     clock = FakeClock()
     table = {("s0", "cpu:1t"): 2.0, ("s1", "cpu:1t"): 1.0}
     executor = SimulatedExecutor(clock, table_duration(table))
@@ -33,7 +34,7 @@ def traced_run() -> TraceRecorder:
     executor.scheduler = scheduler
     for i in range(3):
         job = Job(f"r{i}", [[], [0]])
-        job.tasks = [Task(stage, part, job, "x=1", 1) for part, stage in enumerate(("s0", "s1"))]
+        job.tasks = [Task(stage, part, job, f"x={i + 1}", i + 1) for part, stage in enumerate(("s0", "s1"))]
         scheduler.submit(job)
     executor.run()
     return recorder
@@ -46,6 +47,8 @@ def test_chrome_trace_has_a_slice_per_task_and_an_async_slice_per_request() -> N
     slices = [e for e in events if e["ph"] == "X"]
     assert rows == {"a", "b"} and len(slices) == 6
     assert sorted(e["dur"] for e in slices) == pytest.approx([1e6] * 3 + [2e6] * 3)
+    assert {e["name"]: e["args"]["rows"] for e in slices} == {  # each task's batch, to read batching
+        f"r{i} part {part}": i + 1 for i in range(3) for part in (0, 1)}
     begins = {e["name"]: e["ts"] for e in events if e["ph"] == "b"}
     ends = {e["name"]: e["ts"] for e in events if e["ph"] == "e"}
     assert set(begins) == set(ends) == {"r0", "r1", "r2"}
