@@ -1,0 +1,152 @@
+"""Past saturation: what each daemon configuration answers, and which batches and workers it ran.
+
+One model, one offered rate above what the machine serves, through `hetsched serve` and
+``tritonclient`` gRPC (bench/load.py's open loop, Poisson arrivals).  Configurations alternate
+round by round, each in a fresh daemon with a fresh perf-model directory (calibrated at load, as a
+first start is), so the machine's noise hits them alike; per configuration, the median over rounds
+of answers per second and p99, the share of the machine's CPU time left idle meanwhile (with a
+backlog waiting, idle cores are lost throughput), and, from the daemon's Chrome trace, how many
+rows each task ran and on which kind of worker.  Writes bench/results/overload.json and its section
+of bench/RESULTS.md.
+
+    PYTHONPATH=.:bench python bench/overload.py [--model yolov8n] [--rate 57] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import onnx
+from load import Target, closed_loop, open_loop
+from results_md import write_section
+
+from hetsched import zoo
+from hetsched.daemon.process import DaemonProcess
+
+HERE = Path(__file__).parent
+NARROW_ONLY = 'parameters { key: "hetsched.workers" value: { string_value: "%dx1" } }\n'
+CONFIGS = {  # label -> config.pbtxt (completed from the model by the daemon)
+    "default": "",
+    "b1": "max_batch_size: 0\n",
+    "b1 narrow only": "max_batch_size: 0\n" + NARROW_ONLY % (os.cpu_count() or 1),
+}
+
+
+def cpu_times() -> list[int]:
+    """The machine's CPU time by kind since boot (/proc/stat's first line, in ticks)."""
+    return [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+
+
+def task_mix(trace_file: Path, last_s: float) -> dict[str, Any]:
+    """Rows per task and the wide worker's share of tasks, over the trace's last ``last_s`` seconds."""
+    events = json.loads(trace_file.read_text())["traceEvents"]
+    names = {e["tid"]: e["args"]["name"] for e in events if e["ph"] == "M"}
+    slices = [e for e in events if e["ph"] == "X"]
+    since = max((e["ts"] + e["dur"] for e in slices), default=0.0) - last_s * 1e6
+    tasks = [e for e in slices if e["ts"] >= since]
+    # a wide worker's name is a prefix of its narrow workers' ("cpu0" of "cpu0.1")
+    wide = {n for n in names.values() if any(o.startswith(n + ".") for o in names.values())}
+    on_wide = sum(names[e["tid"]] in wide for e in tasks)
+    rows = Counter(e["args"]["rows"] for e in tasks)
+    return {"tasks": len(tasks), "wide_share": on_wide / len(tasks) if tasks else 0.0,
+            "rows": {str(k): rows[k] for k in sorted(rows)}}
+
+
+def one_run(model_path: Path, name: str, config: str, rate: float, seconds: float, scratch: Path
+            ) -> dict[str, Any]:
+    run = scratch / f"run-{time.time_ns()}"
+    (run / "repository" / name / "1").mkdir(parents=True)
+    (run / "repository" / name / "1" / "model.onnx").symlink_to(model_path)
+    (run / "repository" / name / "config.pbtxt").write_text(config)
+    trace_file = run / "trace.json"
+    with DaemonProcess(run / "repository", "--trace-file", str(trace_file),
+                       perfmodel_dir=run / "perfmodels") as d:
+        target = Target(f"grpc://{d.grpc}", name)
+        closed_loop(target, 2, 3.0)  # the clients' warm-up, after the daemon's own calibration
+        started = time.perf_counter()
+        before = cpu_times()
+        result = open_loop(target, rate, seconds, "poisson", drain_s=30.0)
+        spent = [a - b for a, b in zip(cpu_times(), before)]
+        load_s = time.perf_counter() - started  # the trace's last seconds: written at the daemon's stop
+    mix = task_mix(trace_file, load_s)
+    return {"answers_per_s": result.achieved_rate, "p99_ms": result.p99_ms, "errors": dict(result.errors),
+            "idle_share": spent[3] / sum(spent), **mix}
+
+
+def run(name: str, rate: float, seconds: float, rounds: int, labels: list[str]) -> dict[str, Any]:
+    scratch = Path(tempfile.mkdtemp(prefix="hetsched-overload-"))
+    model_path = scratch / f"{name}.onnx"
+    onnx.save(zoo.build(name), model_path)
+    runs: dict[str, list[dict[str, Any]]] = {label: [] for label in labels}
+    for index in range(rounds):
+        for label in labels:
+            row = one_run(model_path, name, CONFIGS[label], rate, seconds, scratch)
+            runs[label].append(row)
+            print(f"round {index + 1}/{rounds} {label}: {row['answers_per_s']:.1f} answers/s, "
+                  f"p99 {row['p99_ms']:.0f} ms, idle {row['idle_share']:.1%}, wide {row['wide_share']:.0%} "
+                  f"of tasks, rows {row['rows']}", flush=True)
+    return {"model": name, "rate": rate, "seconds": seconds, "rounds": rounds, "runs": runs}
+
+
+def report(results: dict[str, Any], command: str) -> str:
+    lines = [
+        f"## Past saturation: {results['model']} at {results['rate']:g} req/s offered (bench/overload.py)",
+        "",
+        f"`{command}` on {platform.node()} ({os.cpu_count()} cores, no GPU), {date.today().isoformat()}. "
+        f"Each round runs every configuration in a fresh daemon (fresh perf models, calibrated at load), "
+        f"{results['seconds']:g} s of open-loop Poisson batch-1 requests through `tritonclient` gRPC; "
+        f"medians over {results['rounds']} rounds. Idle: the machine's idle CPU time meanwhile (client "
+        f"included). Wide: tasks run on a wide (all-core) worker; rows: tasks by batch rows, all rounds.",
+        "",
+        "| config | answers/s (median) | per round | p99 ms (median) | idle | wide tasks | tasks by rows |",
+        "|---|---:|---|---:|---:|---:|---|",
+    ]
+    for label, rows in results["runs"].items():
+        rates = [r["answers_per_s"] for r in rows]
+        mix: Counter[str] = Counter()
+        for r in rows:
+            mix.update(r["rows"])
+        lines.append(
+            f"| {label} | {statistics.median(rates):.1f} | {', '.join(f'{x:.1f}' for x in rates)} | "
+            f"{statistics.median(r['p99_ms'] for r in rows):.0f} | "
+            f"{statistics.median(r['idle_share'] for r in rows):.1%} | "
+            f"{statistics.median(r['wide_share'] for r in rows):.0%} | "
+            f"{', '.join(f'{k}: {v}' for k, v in sorted(mix.items(), key=lambda kv: int(kv[0])))} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="yolov8n")
+    parser.add_argument("--rate", type=float, default=57.0, help="offered requests per second")
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated, of {list(CONFIGS)}")
+    args = parser.parse_args()
+    labels = [label.strip() for label in args.configs.split(",")]
+    unknown = sorted(set(labels) - set(CONFIGS))
+    if unknown:
+        parser.error(f"unknown configs {unknown}; known: {list(CONFIGS)}")
+    results = run(args.model, args.rate, args.seconds, args.rounds, labels)
+    (HERE / "results").mkdir(exist_ok=True)
+    (HERE / "results" / "overload.json").write_text(json.dumps(results, indent=2) + "\n")
+    command = "PYTHONPATH=.:bench python bench/overload.py " + " ".join(sys.argv[1:])
+    text = report(results, command.strip())
+    print(text)
+    write_section(text, HERE / "RESULTS.md", "overload")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
