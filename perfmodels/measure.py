@@ -3,9 +3,9 @@
 Profiling, calibration, the reference executor and the benches all build CPU
 sessions here, so what is measured is what runs: ``intra_op_num_threads`` =
 the core group's size (never more: two sessions spinning on the same cores
-halve throughput), one inter-op thread, sequential execution, no spinning
-after a run, all graph optimizations on.  onnxruntime is imported lazily, so importing
-:mod:`perfmodels` stays free of it.
+halve throughput), one inter-op thread, sequential execution, intra-op threads
+that spin during a run and stop when it returns, all graph optimizations on.
+onnxruntime is imported lazily, so importing :mod:`perfmodels` stays free of it.
 """
 
 from __future__ import annotations
@@ -41,9 +41,12 @@ def session_options(threads: int = 1) -> ort.SessionOptions:
     options.log_severity_level = 3  # ORT's own warnings (unused initializers...) are noise here
     # Several sessions share each core (one per stage; wide and narrow workers; the profiler's
     # plain and profiled sessions), and an ORT pool whose threads spin after a run steals the core
-    # from the next session: GoogLeNet's 0.8/0.2 parts ran in 45 ms one after another instead of
-    # the whole model's 23 ms, and 2-thread profiles timed the whole model ~2x too slow.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # from the next session: GoogLeNet's 0.8/0.2 parts ran in 46 ms one after another instead of
+    # the whole model's 25 ms, and 2-thread profiles timed the whole model ~2x too slow.  Spinning
+    # within a run is what makes a multi-thread run fast (threads blocking between operators cost
+    # yolov8n 14% on 2 threads), so the threads spin during a run and stop when it returns.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1")
+    options.add_session_config_entry("session.force_spinning_stop", "1")
     return options
 
 
