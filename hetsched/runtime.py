@@ -62,6 +62,8 @@ CLOSE_TIMEOUT_S = 60.0
 MAX_REQUEST_ATTEMPTS = 3  # a request whose worker died is resent at most this often in all
 JOB_SEPARATOR = "#"  # a job is named <model name>#<sequence number>
 FOOTPRINT_CACHE = 1024  # distinct request shapes remembered per model
+CHOOSER_REFRESH_S = 0.1  # the batch-size chooser re-reads its predictions at most this often
+LOOKAHEAD = 2  # jobs in flight per worker slot before a batching model's requests wait in its batcher
 _AT_CLIENT, _NOWHERE = frozenset({CLIENT_MEMORY}), frozenset[str]()  # a task's inputs' first places
 
 
@@ -106,6 +108,8 @@ class Model:
         self._feed_inputs = [tuple(n for n in part.inputs if n in self._input_names) for part in plan.parts]
         self._accepted_shapes: set[tuple[str, tuple[int, ...]]] = set()  # (input, shape) checked already
         self.batcher: DynamicBatcher | None = None
+        # (read at, predicted seconds by batch size, rows per second by batch size): choose_batch's
+        self._chooser_table: tuple[float, list[float], list[float]] | None = None
         self.unloaded = False
         self.max_queue = max_queue
         self.pin = dict(pin or {})  # part -> the only workers that may run it
@@ -186,6 +190,19 @@ class Model:
         """Whether ``worker`` may run ``part`` (every worker may, unless the part is pinned)."""
         allowed = self.pin.get(part)
         return allowed is None or worker.name in allowed
+
+    def choose_batch(self, rate_per_s: float, max_batch: int) -> int:
+        """The batch-size chooser's answer at ``rate_per_s`` (:func:`choose_batch`), on predictions
+        read at most every CHOOSER_REFRESH_S: reading them takes ~0.4 ms (yolov8n, 3 workers, 4
+        sizes) and the batcher asks on every arrival and every finished job, while the window
+        medians behind them move over dozens of runs."""
+        now = self.runtime.scheduler.clock.now()
+        table = self._chooser_table
+        if table is None or now - table[0] > CHOOSER_REFRESH_S:
+            sizes = range(max_batch + 1)  # index = batch size; 0 unused
+            table = self._chooser_table = (now, [self.predicted_s(n) if n else math.nan for n in sizes],
+                                           [self.rows_per_s(n) if n else math.nan for n in sizes])
+        return choose_batch(rate_per_s, table[1].__getitem__, max_batch, table[2].__getitem__)
 
     def predicted_s(self, batch: int) -> float:
         """Predicted seconds of one batch: its parts one after another, each on its fastest kind
@@ -299,7 +316,8 @@ class Runtime:
         self.tracer = TraceRecorder() if trace else None
         self.scheduler = Scheduler(make_policy(policy), list(self.executor.specs), clock=MonotonicClock(),
                                    executor=self.executor, perf=self.oracle,
-                                   instruments=[*instruments, *([self.tracer] if self.tracer else [])])
+                                   instruments=[*instruments, *([self.tracer] if self.tracer else [])],
+                                   backlog=self._backlogged)
         self.executor.report = self.scheduler.task_done
         self.executor.on_join = self._joined
         self.executor.on_leave = self._left
@@ -389,9 +407,8 @@ class Runtime:
                                  "together; load it with max_batch=1")
             loaded.batcher = DynamicBatcher(
                 lambda feeds, rows: self._submit(loaded, feeds, rows), max_batch, max_queue_delay_s,
-                self.scheduler.clock,
-                target=lambda rate: choose_batch(rate, loaded.predicted_s, max_batch, loaded.rows_per_s),
-                has_capacity=self._has_capacity)
+                self.scheduler.clock, target=lambda rate: loaded.choose_batch(rate, max_batch),
+                has_capacity=self._has_capacity, has_room=lambda: not self._backlogged())
         self.models[name] = loaded
         self._batchers = tuple(m.batcher for m in self.models.values() if m.batcher is not None)
         return loaded
@@ -456,6 +473,13 @@ class Runtime:
     def _has_capacity(self) -> bool:
         """Whether a job submitted now would find a worker slot free (jobs in flight < cores in use)."""
         return len(self._in_flight) < self._slots
+
+    def _backlogged(self) -> bool:
+        """Whether jobs in flight fill the lookahead (about one queued behind each worker slot's
+        running one): then a batching model's requests wait in its batcher, others in the workers'
+        queues.  The lookahead keeps every worker fed (and prefetching) while placements and
+        batch sizes are still decided on what is known when they run."""
+        return len(self._in_flight) >= LOOKAHEAD * self._slots
 
     def _check_open(self) -> None:
         if self._closed:

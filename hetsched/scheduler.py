@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -93,7 +93,10 @@ class Scheduler:
         executor: Executor,
         perf: PerfOracle,
         instruments: Sequence[Instrument] = (),
+        backlog: Callable[[], bool] | None = None,
     ) -> None:
+        """``backlog()``: whether requests wait outside the scheduler for room (the runtime's
+        batchers hold them back past capacity); the policy reads it as "saturated"."""
         if not workers:
             raise ValueError("a scheduler needs at least one worker")
         self.policy = policy
@@ -108,7 +111,7 @@ class Scheduler:
         self._submitted = self._finished = self._failed_jobs = self._done = self._retried = 0
         policy.attach(PolicyContext(
             workers=self.workers, clock=clock, predict_s=perf.predict, transfer_s=perf.transfer,
-            prefetch=executor.prefetch,
+            prefetch=executor.prefetch, backlog=backlog or (lambda: False),
         ))
 
     # -- entry points -----------------------------------------------------------------------

@@ -177,3 +177,61 @@ def test_with_every_worker_busy_requests_leave_at_the_choosers_size(
     assert launched == launched_rows
     for i, answer in enumerate(answers):
         np.testing.assert_array_equal(answer, np.full((1, 2), 2 * i, np.float32))
+
+
+def test_without_room_requests_wait_and_leave_in_the_batch_chosen_when_room_frees() -> None:
+    """Past capacity the backlog waits in the batcher, not in the workers' queues: nothing leaves
+    while there is no room, and when room frees the batch is the chooser's size at that moment."""
+    import threading
+
+    launched: list[int] = []
+    room = threading.Event()
+    asked = threading.Event()
+    want = [1]
+
+    def has_room() -> bool:
+        answer = room.is_set()
+        asked.set()  # after reading: the first answer was no
+        return answer
+
+    batcher = DynamicBatcher(doubling(launched), max_batch=8, max_delay_s=0.0, clock=MonotonicClock(),
+                             target=lambda rate: want[0], has_capacity=lambda: False, has_room=has_room)
+    futures = [batcher.submit({"x": np.full((1, 2), i, np.float32)}, 1) for i in range(6)]
+    assert asked.wait(30)
+    assert launched == []  # no room: not one request went to the scheduler
+    want[0] = 3  # meanwhile the chooser changed its mind
+    room.set()
+    batcher.poke()
+    answers = [f.result(timeout=30)["y"] for f in futures]
+    batcher.close()
+    assert launched == [3, 3]
+    for i, answer in enumerate(answers):
+        np.testing.assert_array_equal(answer, np.full((1, 2), 2 * i, np.float32))
+
+
+def test_past_capacity_a_batching_models_backlog_waits_in_its_batcher() -> None:
+    """48 requests at once on one core: at most LOOKAHEAD jobs per worker slot are ever in the
+    scheduler, the rest wait in the batcher (to leave in batches chosen when the worker frees
+    up), and every answer is its own request's."""
+    from hetsched.runtime import LOOKAHEAD
+    from hetsched.task import Task, WorkerSpec
+
+    model = zoo.build("lenet5")
+    cases = [random_feeds(model, 1, seed=seed) for seed in range(48)]
+    count = {"now": 0, "peak": 0}
+
+    class InScheduler:  # called under the scheduler's lock
+        def on_event(self, event: str, task: Task, worker: WorkerSpec | None, when_s: float) -> None:
+            if event == "submit":
+                count["now"] += 1
+                count["peak"] = max(count["peak"], count["now"])
+            elif event in ("end", "fail"):
+                count["now"] -= 1
+
+    with Runtime(workers="1x1", policy="dmda", instruments=[InScheduler()]) as runtime:
+        loaded = runtime.load(model, max_batch=4)
+        futures = [loaded.submit(feeds) for feeds in cases]
+        answers = [future.result(timeout=60) for future in futures]
+    assert 1 <= count["peak"] <= LOOKAHEAD * 1
+    for feeds, got in zip(cases, answers):
+        np.testing.assert_allclose(got["logits"], run_whole(model, feeds)["logits"], rtol=1e-5, atol=1e-6)

@@ -32,13 +32,14 @@ def make_job(name: str, stages: list[str], depends_on: list[list[int]], done: li
 
 def simulate(policy: str, workers: list[WorkerSpec], table: dict[tuple[str, str], float],
              jobs: list[tuple[str, list[str], list[list[int]]]],
-             known: dict[tuple[str, str], float] | None = None,
+             known: dict[tuple[str, str], float] | None = None, backlog: bool = False,
              ) -> tuple[float, SimulatedExecutor, list[Job]]:
-    """Submit every job at t=0, run to the end; ``known`` is what the perf model believes (default: truth)."""
+    """Submit every job at t=0, run to the end; ``known`` is what the perf model believes (default:
+    truth); ``backlog``: what the scheduler hears of work waiting outside it."""
     clock = FakeClock()
     executor = SimulatedExecutor(clock, table_duration(table))
     scheduler = Scheduler(make_policy(policy), workers, clock=clock, executor=executor,
-                          perf=TableOracle(table if known is None else known))
+                          perf=TableOracle(table if known is None else known), backlog=lambda: backlog)
     executor.scheduler = scheduler
     done: list[Job] = []
     submitted = [make_job(name, stages, deps, done) for name, stages, deps in jobs]
@@ -287,3 +288,15 @@ def test_a_wide_worker_that_scales_well_stays_in_use_under_load() -> None:
     table = {("s", "cpu:2t"): 0.51, ("s", "cpu:1t"): 1.0}
     _, executor, _ = simulate("dmda", [WIDE, *NARROW], table, single_tasks(8))
     assert {w for _, w in executor.started} == {"wide"}
+
+
+@pytest.mark.parametrize(("wide_s", "wide_used"), [(0.51, False), (0.4, True)])
+def test_with_a_backlog_only_a_clearly_faster_wide_worker_stays_in_use(wide_s: float,
+                                                                      wide_used: bool) -> None:
+    """Work waiting outside the scheduler: past capacity.  A wide worker with about the narrow
+    ones' throughput (0.51 s vs 1.0 s on 2 cores) takes no task after the first (which found the
+    cores idle); one with clearly more (0.4 s: 25% more) takes every task still."""
+    table = {("s", "cpu:2t"): wide_s, ("s", "cpu:1t"): 1.0}
+    _, executor, _ = simulate("dmda", [WIDE, *NARROW], table, single_tasks(8), backlog=True)
+    later = {w for _, w in executor.started[1:]}
+    assert later == ({"wide"} if wide_used else {"n0", "n1"})

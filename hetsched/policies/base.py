@@ -18,8 +18,9 @@ own and must not block: it only decides.  Hooks:
   placed anew.
 
 A policy learns about the platform through :class:`PolicyContext`: the workers,
-the clock, predicted compute and transfer times, and ``prefetch`` to start
-moving a task's inputs to the chosen worker as soon as it is chosen.
+the clock, predicted compute and transfer times, whether work waits beyond what
+it was given (``backlog``), and ``prefetch`` to start moving a task's inputs to
+the chosen worker as soon as it is chosen.
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ class PolicyContext:
     predict_s: Callable[[Task, WorkerSpec], float]  # compute seconds, NaN when not calibrated
     transfer_s: Callable[[Task, WorkerSpec], float]  # seconds to bring the inputs to the worker
     prefetch: Callable[[Task, WorkerSpec], None]  # start moving the inputs there now
+    # whether more work waits than the workers hold (requests the runtime holds back until a
+    # worker frees up): the load is past capacity, whatever the pushed tasks alone suggest
+    backlog: Callable[[], bool] = lambda: False
 
     def eligible(self, task: Task) -> Sequence[WorkerSpec]:
         """Workers that may run ``task``: among ``task.allowed`` (when set), and it has not failed

@@ -24,7 +24,10 @@ seconds of every pushed task, decayed over about LOAD_WINDOW_S, make the wide
 worker an M/D/1 queue and its narrow workers an M/D/c queue, and the wide worker
 is a candidate while its TAIL quantile of time in system (:func:`tail_latency`)
 is at most TAIL_SLACK times theirs; when both would saturate, while it has about
-their capacity (WIDE_EFFICIENCY).  Light load on a model that scales well: every
+their capacity (WIDE_EFFICIENCY); when work already waits outside the scheduler
+(``context.backlog()``: the runtime holds requests back past capacity, so what is
+pushed is the service rate, not the offered one), only while it has clearly more
+(BACKLOG_WIDE_EFFICIENCY).  Light load on a model that scales well: every
 request gets every core, as on one session with all threads; heavier load, or
 poor scaling: the narrow workers, as Triton's one instance per core.  A request
 that finds the whole group idle always may take the wide worker: a client sending
@@ -61,6 +64,12 @@ from hetsched.task import Task, WorkerSpec
 # When both modes would saturate, a wide worker that delivers at least this share of its narrow
 # workers' combined throughput stays a candidate (StarPU's parallel tasks pay when efficient).
 WIDE_EFFICIENCY = 0.95
+# With a backlog (work waiting outside the scheduler), the wide worker must be predicted this much
+# faster than its narrow workers together: its predictions date from quieter times (under load it
+# rarely runs; yolov8n in batches of 3: 72 ms predicted, 110 ms run), and each switch from narrow to
+# wide idles one core until the other's task ends.  Overloaded yolov8n answered 41, 37 and 29 req/s
+# in three runs as 9, 15 and 44 wide tasks slipped in.
+BACKLOG_WIDE_EFFICIENCY = 1.1
 LOAD_WINDOW_S = 1.0  # the offered load is the work pushed over about the last second
 TAIL = 0.99  # the quantile the wide/narrow choice minimizes
 # ... up to this factor: a wide worker whose tail is about the narrow ones' also gives the lower median
@@ -201,6 +210,8 @@ class Dmda(Policy):
         if offered is None or not (math.isfinite(wide_s) and math.isfinite(narrow_s)):
             return self._unqueued(wide)  # uncalibrated: one request at a time gets every core
         cores = len(wide.cores)
+        if self.context.backlog():  # past capacity: only a clearly higher capacity wins
+            return wide_s * BACKLOG_WIDE_EFFICIENCY <= narrow_s / cores
         wide_load = offered[0] / LOAD_WINDOW_S  # utilization of the wide worker if it took everything
         narrow_load = offered[1] / LOAD_WINDOW_S / cores  # of each narrow worker if they did
         if wide_load >= 1 and narrow_load >= 1:  # overloaded either way: the higher capacity wins
