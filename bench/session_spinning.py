@@ -7,7 +7,7 @@ same cores.  Its intra-op threads may:
 - ``spin``: spin before sleeping, during and after a run (ORT's default, what plain ORT and
   Triton's sessions do): the threads of the stage that just ran keep the cores from the next stage;
 - ``spin, stop after run``: spin during a run, stop when it returns (``session.force_spinning_stop``,
-  what perfmodels.measure.session_options gives every worker now).
+  what perfmodels.measure.session_options(spin=True) gives a local worker's sessions now).
 
 For each model, whole and split 0.8/0.2 with METIS on profiled costs, the three variants time the
 same request through sessions of as many threads as the machine has cores, taking short turns;

@@ -43,8 +43,9 @@ def _thread_ids() -> set[int]:
 
 
 def session_options(worker: WorkerSpec) -> Any:
-    """ORT options for a session on ``worker``: its core count, extra threads pinned to its cores."""
-    options = measured_session_options(max(1, len(worker.cores)))
+    """ORT options for a session on ``worker``: its core count, extra threads pinned to its cores
+    and spinning during a run (the scheduler gives no other session those cores meanwhile)."""
+    options = measured_session_options(max(1, len(worker.cores)), spin=True)
     if len(worker.cores) > 1:
         affinities = ";".join(str(core + 1) for core in worker.cores[1:])
         options.add_session_config_entry("session.intra_op.thread_affinities", affinities)

@@ -4,7 +4,8 @@ Profiling, calibration, the reference executor and the benches all build CPU
 sessions here, so what is measured is what runs: ``intra_op_num_threads`` =
 the core group's size (never more: two sessions spinning on the same cores
 halve throughput), one inter-op thread, sequential execution, intra-op threads
-that spin during a run and stop when it returns, all graph optimizations on.
+that block when idle (a local worker's spin during a run and stop when it returns),
+all graph optimizations on.
 onnxruntime is imported lazily, so importing :mod:`perfmodels` stays free of it.
 """
 
@@ -30,8 +31,12 @@ MIN_RUNS = 3  # fewer samples make the median meaningless
 MAX_RUNS = 25  # with repeats=None, never more timed runs than this or than fit the budget
 
 
-def session_options(threads: int = 1) -> ort.SessionOptions:
-    """The options of every CPU session hetsched makes (workers, profiling, calibration, benches)."""
+def session_options(threads: int = 1, spin: bool = False) -> ort.SessionOptions:
+    """The options of every CPU session hetsched makes (workers, profiling, calibration, benches).
+
+    ``spin``: the intra-op threads spin between operators during a run and stop when it returns,
+    for sessions whose cores nothing else uses meanwhile (a local worker's: the scheduler reserves
+    them); otherwise they block whenever they find no work."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -43,10 +48,14 @@ def session_options(threads: int = 1) -> ort.SessionOptions:
     # plain and profiled sessions), and an ORT pool whose threads spin after a run steals the core
     # from the next session: GoogLeNet's 0.8/0.2 parts ran in 46 ms one after another instead of
     # the whole model's 25 ms, and 2-thread profiles timed the whole model ~2x too slow.  Spinning
-    # within a run is what makes a multi-thread run fast (threads blocking between operators cost
-    # yolov8n 14% on 2 threads), so the threads spin during a run and stop when it returns.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1")
-    options.add_session_config_entry("session.force_spinning_stop", "1")
+    # within a run makes a multi-thread run up to ~15% faster (bench/session_spinning.py), so
+    # exclusive sessions spin during a run and stop when it returns.  Sessions of other processes
+    # on the same cores (Dask workers sharing a machine) must not spin at all: each one's spinning
+    # threads hold the cores the other's threads wait for, and the suite's Dask tests then lost
+    # their workers' heartbeats.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    if spin:
+        options.add_session_config_entry("session.force_spinning_stop", "1")
     return options
 
 

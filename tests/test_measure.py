@@ -11,7 +11,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from perfmodels.measure import cpu_session
+from perfmodels.measure import cpu_session, session_options
 
 
 def _matmul_chain(size: int = 384, depth: int = 4) -> bytes:
@@ -36,12 +36,15 @@ def _thread_cpu_s(tid: int) -> float:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads thread CPU time from /proc")
-def test_intra_op_threads_stop_spinning_when_a_run_returns() -> None:
+def test_a_workers_intra_op_threads_stop_spinning_when_a_run_returns() -> None:
     """A pool thread spinning after its run takes the core from the next session on it (another
     stage, the narrow worker there): ORT's default spin went on ~60 ms after each run here.  Within
     a run they spin (blocking between operators cost yolov8n 14% on 2 threads)."""
+    import onnxruntime as ort
+
     before = set(os.listdir("/proc/self/task"))
-    session = cpu_session(_matmul_chain(), threads=2)
+    session = ort.InferenceSession(_matmul_chain(), session_options(2, spin=True),
+                                   providers=["CPUExecutionProvider"])
     pool = [int(t) for t in set(os.listdir("/proc/self/task")) - before]
     assert pool, "a 2-thread session starts an intra-op thread"
     options = session.get_session_options()
@@ -53,3 +56,9 @@ def test_intra_op_threads_stop_spinning_when_a_run_returns() -> None:
     time.sleep(0.3)
     idle_cpu_s = sum(map(_thread_cpu_s, pool)) - spent
     assert idle_cpu_s < 0.025, f"the session's intra-op threads used {idle_cpu_s:.3f} s of CPU while idle"
+
+
+def test_sessions_that_may_share_their_cores_never_spin() -> None:
+    """Profiling, calibration and a Dask host's lanes: other processes may run on the same cores."""
+    session = cpu_session(_matmul_chain(), threads=2)
+    assert session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
