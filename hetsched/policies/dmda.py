@@ -29,14 +29,19 @@ their capacity (WIDE_EFFICIENCY); when work already waits outside the scheduler
 pushed is the service rate, not the offered one), only while it has clearly more
 (BACKLOG_WIDE_EFFICIENCY).  Light load on a model that scales well: every
 request gets every core, as on one session with all threads; heavier load, or
-poor scaling: the narrow workers, as Triton's one instance per core.  A request
-that finds the whole group idle always may take the wide worker: a client sending
-one request at a time keeps the group busy all the time (the load estimate says
-saturated) though nobody ever waits.  Simulated (bench/wide_or_narrow.py), its
-p99 stays within 5% of the better of the two static configurations at every load
-on models that scale well; on one that scales poorly the idle rule costs up to
-about 1.4x the narrow workers' p99 at light load, for a lower median.  Until the perf
-models are calibrated, the wide worker is a candidate while no task waits for it.
+poor scaling: the narrow workers, as Triton's one instance per core.  While requests
+come one at a time (none of the last second's found the group busy), one that finds
+the whole group idle may take the wide worker: a client sending its next request when
+the last is answered keeps the group busy all the time (the load estimate says
+saturated) though nobody ever waits.  Once arrivals overlap, the tail model decides
+for every request, since one taking every core makes the next arrivals wait.
+Simulated (bench/wide_or_narrow.py), its p99 stays within 5% of the better of the two
+static configurations at every load from 30% up, on models that scale well or poorly
+(wide 9.5 to 16 ms against narrow 18 ms), and at 10% on those that scale well; at 10%
+on one that scales poorly it costs up to 1.2x the narrow workers' p99 (the tail model
+is rough at light load).  Taking the idle group whatever the arrivals had cost up to
+1.4x there, from 10% to 70% load.  Until the perf models are calibrated, the wide
+worker is a candidate while no task waits for it.
 (StarPU's combined workers, with the mode chosen per task.)
 
 Expected free times are kept per core
@@ -70,7 +75,10 @@ WIDE_EFFICIENCY = 0.95
 # wide idles one core until the other's task ends.  Overloaded yolov8n answered 41, 37 and 29 req/s
 # in three runs as 9, 15 and 44 wide tasks slipped in.
 BACKLOG_WIDE_EFFICIENCY = 1.1
-LOAD_WINDOW_S = 1.0  # the offered load is the work pushed over about the last second
+LOAD_WINDOW_S = 1.0
+# Arrivals that found the group busy, counted over about LOAD_WINDOW_S, below which requests are
+# taken to come one at a time (a closed-loop client) and one finding the cores idle gets them all
+OVERLAP_TOLERANCE = 0.5  # the offered load is the work pushed over about the last second
 TAIL = 0.99  # the quantile the wide/narrow choice minimizes
 # ... up to this factor: a wide worker whose tail is about the narrow ones' also gives the lower median
 TAIL_SLACK = 1.05
@@ -135,8 +143,10 @@ class Dmda(Policy):
         self._wide: set[str] = set()  # workers whose cores strictly contain another worker's
         self._slot_names: dict[str, list[str]] = {}
         self._narrow_of: dict[str, list[WorkerSpec]] = {}  # wide worker -> narrow ones on its cores
+        self._spec: dict[str, WorkerSpec] = {}  # worker name -> spec
         self._busy: set[str] = set()  # slots of running tasks
-        # wide worker -> predicted (wide, narrow) seconds of the work offered to its group, decayed
+        # wide worker -> predicted (wide, narrow) seconds of the work offered to its group, and the
+        # count of pushes that found the group busy (an arrival overlapping another's run), decayed
         self._offered: dict[str, list[float]] = {}
         self._offered_at: float | None = None
 
@@ -156,6 +166,7 @@ class Dmda(Policy):
         """Slots and wide/narrow relations, computed when the workers change, not on every push."""
         workers = self.context.workers
         self._slot_names = {w.name: self._slots_of(w) for w in workers}
+        self._spec = {w.name: w for w in workers}
         self._narrow_of = {w.name: [o for o in workers if o.cores and set(o.cores) < set(w.cores)]
                            for w in workers}
         self._wide = {name for name, narrow in self._narrow_of.items() if narrow}
@@ -172,13 +183,22 @@ class Dmda(Policy):
         self._index()
         return held
 
-    def _candidates(self, workers: Sequence[WorkerSpec], predicted: dict[str, float], now: float
-                    ) -> Sequence[WorkerSpec]:
+    def _candidates(self, workers: Sequence[WorkerSpec], predicted: dict[str, float],
+                    idle: dict[str, bool]) -> Sequence[WorkerSpec]:
         """Eligible workers; a wide one only while it is expected to answer the tail sooner than
         its narrow workers at the load offered now (see the module doc)."""
-        keep = [w for w in workers
-                if w.name not in self._wide or self._idle(w) or self._wide_pays(w, predicted)]
+        keep = [w for w in workers if w.name not in self._wide
+                or (idle[w.name] and self._alone(w)) or self._wide_pays(w, predicted)]
         return keep or workers
+
+    def _alone(self, wide: WorkerSpec) -> bool:
+        """Whether the group's recent arrivals came one at a time (none found another's task on the
+        cores, as from a client that waits for each answer): then every request may have every core,
+        though the load estimate reads the group as always busy.  Once arrivals overlap, the tail
+        model decides even for one that finds the cores idle: on a model that scales poorly (wide
+        16 ms, narrow 18 ms) taking them cost the next arrivals up to 1.4x the narrow workers' p99."""
+        offered = self._offered.get(wide.name)
+        return offered is None or offered[2] < OVERLAP_TOLERANCE
 
     def _group_lengths(self, wide: str, predicted: dict[str, float]) -> tuple[float, float]:
         """Predicted seconds of the task on a wide worker and on its fastest narrow one (NaN when
@@ -193,15 +213,17 @@ class Dmda(Policy):
         for offered in self._offered.values():
             offered[0] *= decay
             offered[1] *= decay
+            offered[2] *= decay
 
-    def _offer(self, predicted: dict[str, float]) -> None:
+    def _offer(self, predicted: dict[str, float], idle: dict[str, bool]) -> None:
         """Count a pushed task's predicted work into the load offered to each core group."""
         lengths = {name: self._group_lengths(name, predicted) for name in self._wide}
         known = {name: pair for name, pair in lengths.items() if all(map(math.isfinite, pair))}
         for name, (wide_s, narrow_s) in known.items():  # the task goes to one group: each sees its share
-            offered = self._offered.setdefault(name, [0.0, 0.0])
+            offered = self._offered.setdefault(name, [0.0, 0.0, 0.0])
             offered[0] += wide_s / len(known)
             offered[1] += narrow_s / len(known)
+            offered[2] += not idle[name]
 
     def _wide_pays(self, wide: WorkerSpec, predicted: dict[str, float]) -> bool:
         """Whether the wide worker is expected to give the lower tail latency at the offered load."""
@@ -250,8 +272,9 @@ class Dmda(Policy):
         predicted = {w.name: ctx.predict_s(task, w) for w in eligible}  # once per push: the hot path
         if self._wide:  # the wide/narrow choice reads the load offered before this task
             self._decay_offered(now)
-            workers = self._candidates(eligible, predicted, now)
-            self._offer(predicted)
+            idle = {name: self._idle(self._spec[name]) for name in self._wide}
+            workers = self._candidates(eligible, predicted, idle)
+            self._offer(predicted, idle)
         else:
             workers = eligible
         # One pass gathers each candidate's (free time, transfer, length); plain loops, no lambdas:
