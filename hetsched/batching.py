@@ -159,6 +159,10 @@ class DynamicBatcher:
             self._cond.notify()
         return future
 
+    def backlog(self) -> bool:
+        """Whether requests wait here for room (not merely for their batch to fill)."""
+        return self._rows > 0 and not self.has_room()
+
     def poke(self) -> None:
         """Capacity may have freed up (a batch finished): look again."""
         with self._cond:
@@ -187,8 +191,11 @@ class DynamicBatcher:
                     if remaining <= 0:
                         break
                     self._cond.wait(remaining)
+                waited = False
                 while not self._closed and not self.has_room():  # a backlog waits here (see above)
                     self._cond.wait(self.RECHECK_S)
+                    waited = True
+                if waited:
                     want = self._wanted()  # the size for the rate seen when the batch leaves
                 # The chooser's size; requests that piled up meanwhile leave as batches of their own,
                 # for other workers.  (A held batch once grew to max_batch: a batch the chooser had

@@ -348,11 +348,13 @@ class Runtime:
     def _joined(self, spec: WorkerSpec) -> None:
         self.scheduler.add_worker(spec)
         self._slots = self._count_slots()
+        self._poke_batchers()
         log.info("worker %s joined (%s)", spec.name, spec.arch)
 
     def _left(self, spec: WorkerSpec) -> None:
         self.scheduler.remove_worker(spec.name)
         self._slots = self._count_slots()
+        self._poke_batchers()
         log.warning("worker %s left; its queued tasks are placed on the others", spec.name)
 
     def __enter__(self) -> Runtime:
@@ -408,7 +410,7 @@ class Runtime:
             loaded.batcher = DynamicBatcher(
                 lambda feeds, rows: self._submit(loaded, feeds, rows), max_batch, max_queue_delay_s,
                 self.scheduler.clock, target=lambda rate: loaded.choose_batch(rate, max_batch),
-                has_capacity=self._has_capacity, has_room=lambda: not self._backlogged())
+                has_capacity=self._has_capacity, has_room=self._has_room)
         self.models[name] = loaded
         self._batchers = tuple(m.batcher for m in self.models.values() if m.batcher is not None)
         return loaded
@@ -468,18 +470,30 @@ class Runtime:
         except BaseException:
             with self._lock:
                 self._in_flight.pop(id(job), None)
+            self._poke_batchers()
             raise
 
     def _has_capacity(self) -> bool:
         """Whether a job submitted now would find a worker slot free (jobs in flight < cores in use)."""
         return len(self._in_flight) < self._slots
 
+    def _has_room(self) -> bool:
+        """Whether a job submitted now would wait behind less than the lookahead (about one job
+        queued behind each worker slot's running one), or there is no worker to wait for (the job
+        then fails at once rather than wait for one).  The lookahead keeps every worker fed (and
+        prefetching) while placements and batch sizes are still decided on what is known when
+        they run; past it, a batching model's requests wait in its batcher."""
+        return not self._slots or len(self._in_flight) < LOOKAHEAD * self._slots
+
     def _backlogged(self) -> bool:
-        """Whether jobs in flight fill the lookahead (about one queued behind each worker slot's
-        running one): then a batching model's requests wait in its batcher, others in the workers'
-        queues.  The lookahead keeps every worker fed (and prefetching) while placements and
-        batch sizes are still decided on what is known when they run."""
-        return len(self._in_flight) >= LOOKAHEAD * self._slots
+        """Whether requests wait in a batcher for room: the scheduler's policy reads it as past
+        capacity, since what it is pushed then is the rate the workers serve, not the offered one."""
+        return any(batcher.backlog() for batcher in self._batchers)
+
+    def _poke_batchers(self) -> None:
+        """Room or capacity may have freed up: waiting batches may go."""
+        for batcher in self._batchers:
+            batcher.poke()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -521,8 +535,7 @@ class Runtime:
             self._in_flight.pop(id(job), None)
             if self._waiting:
                 self._idle.notify_all()
-        for batcher in self._batchers:  # a slot is free: waiting batches may go
-            batcher.poke()
+        self._poke_batchers()  # a slot is free
         # The answer last: it wakes the caller, who would otherwise wait for this thread's bookkeeping.
         if not future.set_running_or_notify_cancel():
             return  # the caller cancelled it while queued

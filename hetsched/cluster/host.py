@@ -127,7 +127,8 @@ class HetschedHost(WorkerPlugin):
         return {"status": "ok", "missing": missing}
 
     def _session(self, stage: str, threads: int) -> Any:
-        return cpu_session(self.models[stage], threads)  # a local worker's options: lanes share cores
+        # not a local worker's spinning threads: lanes, and other Dask workers, share these cores
+        return cpu_session(self.models[stage], threads)
 
     async def unload(self, owner: str, stages: list[str]) -> dict[str, Any]:
         for stage in stages:

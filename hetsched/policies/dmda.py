@@ -33,7 +33,7 @@ poor scaling: the narrow workers, as Triton's one instance per core.  While requ
 come one at a time (none of the last second's found the group busy), one that finds
 the whole group idle may take the wide worker: a client sending its next request when
 the last is answered keeps the group busy all the time (the load estimate says
-saturated) though nobody ever waits.  Once arrivals overlap, the tail model decides
+saturated) though nobody ever waits.  Once arrivals overlap (OVERLAP_TOLERANCE), the tail model decides
 for every request, since one taking every core makes the next arrivals wait.
 Simulated (bench/wide_or_narrow.py), its p99 stays within 5% of the better of the two
 static configurations at every load from 30% up, on models that scale well or poorly
@@ -75,10 +75,11 @@ WIDE_EFFICIENCY = 0.95
 # wide idles one core until the other's task ends.  Overloaded yolov8n answered 41, 37 and 29 req/s
 # in three runs as 9, 15 and 44 wide tasks slipped in.
 BACKLOG_WIDE_EFFICIENCY = 1.1
-LOAD_WINDOW_S = 1.0
-# Arrivals that found the group busy, counted over about LOAD_WINDOW_S, below which requests are
-# taken to come one at a time (a closed-loop client) and one finding the cores idle gets them all
-OVERLAP_TOLERANCE = 0.5  # the offered load is the work pushed over about the last second
+LOAD_WINDOW_S = 1.0  # the offered load is the work pushed over about the last second
+# Arrivals that found the group busy, counted (decayed) over about LOAD_WINDOW_S, below which
+# requests are taken to come one at a time (a closed-loop client): then one that finds the cores
+# idle gets them all.
+OVERLAP_TOLERANCE = 0.5
 TAIL = 0.99  # the quantile the wide/narrow choice minimizes
 # ... up to this factor: a wide worker whose tail is about the narrow ones' also gives the lower median
 TAIL_SLACK = 1.05
@@ -223,20 +224,22 @@ class Dmda(Policy):
             offered = self._offered.setdefault(name, [0.0, 0.0, 0.0])
             offered[0] += wide_s / len(known)
             offered[1] += narrow_s / len(known)
-            offered[2] += not idle[name]
+            offered[2] += (not idle[name]) / len(known)
 
     def _wide_pays(self, wide: WorkerSpec, predicted: dict[str, float]) -> bool:
-        """Whether the wide worker is expected to give the lower tail latency at the offered load."""
+        """Whether the wide worker is expected to give the lower tail latency at the offered load;
+        past capacity (both modes saturated, or a backlog outside the scheduler), whether it has
+        about (clearly, with a backlog) its narrow workers' capacity."""
         wide_s, narrow_s = self._group_lengths(wide.name, predicted)
         offered = self._offered.get(wide.name)
         if offered is None or not (math.isfinite(wide_s) and math.isfinite(narrow_s)):
             return self._unqueued(wide)  # uncalibrated: one request at a time gets every core
         cores = len(wide.cores)
-        if self.context.backlog():  # past capacity: only a clearly higher capacity wins
+        if self.context.backlog():  # past capacity, whatever was pushed: a clearly higher capacity wins
             return wide_s * BACKLOG_WIDE_EFFICIENCY <= narrow_s / cores
         wide_load = offered[0] / LOAD_WINDOW_S  # utilization of the wide worker if it took everything
         narrow_load = offered[1] / LOAD_WINDOW_S / cores  # of each narrow worker if they did
-        if wide_load >= 1 and narrow_load >= 1:  # overloaded either way: the higher capacity wins
+        if wide_load >= 1 and narrow_load >= 1:  # overloaded either way: about the capacity wins
             return wide_s * WIDE_EFFICIENCY <= narrow_s / cores
         return tail_latency(wide_s, 1, wide_load) <= TAIL_SLACK * tail_latency(narrow_s, cores, narrow_load)
 
