@@ -62,3 +62,15 @@ def test_sessions_that_may_share_their_cores_never_spin() -> None:
     """Profiling, calibration and a Dask host's lanes: other processes may run on the same cores."""
     session = cpu_session(_matmul_chain(), threads=2)
     assert session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
+def test_a_local_workers_sessions_spin_and_stop_after_each_run() -> None:
+    """The sessions a wide CPU worker creates: its cores are its own while it runs (the scheduler
+    reserves them), so its threads may spin."""
+    from hetsched.task import WorkerSpec
+    from hetsched.workers import session_options as worker_options
+
+    options = worker_options(WorkerSpec("cpu0", "cpu:2t", "host:0", (0, 1)))
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    assert options.get_session_config_entry("session.force_spinning_stop") == "1"
+    assert options.get_session_config_entry("session.intra_op.thread_affinities") == "2"
