@@ -191,7 +191,7 @@ class Model:
         allowed = self.pin.get(part)
         return allowed is None or worker.name in allowed
 
-    def choose_batch(self, rate_per_s: float, max_batch: int) -> int:
+    def batch_for(self, rate_per_s: float, max_batch: int) -> int:
         """The batch-size chooser's answer at ``rate_per_s`` (:func:`choose_batch`), on predictions
         read at most every CHOOSER_REFRESH_S: reading them takes ~0.4 ms (yolov8n, 3 workers, 4
         sizes) and the batcher asks on every arrival and every finished job, while the window
@@ -409,7 +409,7 @@ class Runtime:
                                  "together; load it with max_batch=1")
             loaded.batcher = DynamicBatcher(
                 lambda feeds, rows: self._submit(loaded, feeds, rows), max_batch, max_queue_delay_s,
-                self.scheduler.clock, target=lambda rate: loaded.choose_batch(rate, max_batch),
+                self.scheduler.clock, target=lambda rate: loaded.batch_for(rate, max_batch),
                 has_capacity=self._has_capacity, has_room=self._has_room)
         self.models[name] = loaded
         self._batchers = tuple(m.batcher for m in self.models.values() if m.batcher is not None)
@@ -488,7 +488,10 @@ class Runtime:
     def _backlogged(self) -> bool:
         """Whether requests wait in a batcher for room: the scheduler's policy reads it as past
         capacity, since what it is pushed then is the rate the workers serve, not the offered one."""
-        return any(batcher.backlog() for batcher in self._batchers)
+        for batcher in self._batchers:  # a plain loop: the policy asks on every push
+            if batcher.backlog():
+                return True
+        return False
 
     def _poke_batchers(self) -> None:
         """Room or capacity may have freed up: waiting batches may go."""

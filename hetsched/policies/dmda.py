@@ -144,7 +144,7 @@ class Dmda(Policy):
         self._wide: set[str] = set()  # workers whose cores strictly contain another worker's
         self._slot_names: dict[str, list[str]] = {}
         self._narrow_of: dict[str, list[WorkerSpec]] = {}  # wide worker -> narrow ones on its cores
-        self._spec: dict[str, WorkerSpec] = {}  # worker name -> spec
+        self._wide_workers: list[WorkerSpec] = []  # those of self._wide
         self._busy: set[str] = set()  # slots of running tasks
         # wide worker -> predicted (wide, narrow) seconds of the work offered to its group, and the
         # count of pushes that found the group busy (an arrival overlapping another's run), decayed
@@ -167,10 +167,10 @@ class Dmda(Policy):
         """Slots and wide/narrow relations, computed when the workers change, not on every push."""
         workers = self.context.workers
         self._slot_names = {w.name: self._slots_of(w) for w in workers}
-        self._spec = {w.name: w for w in workers}
         self._narrow_of = {w.name: [o for o in workers if o.cores and set(o.cores) < set(w.cores)]
                            for w in workers}
         self._wide = {name for name, narrow in self._narrow_of.items() if narrow}
+        self._wide_workers = [w for w in workers if w.name in self._wide]
 
     def add_worker(self, worker: WorkerSpec) -> None:
         self._index()
@@ -275,7 +275,7 @@ class Dmda(Policy):
         predicted = {w.name: ctx.predict_s(task, w) for w in eligible}  # once per push: the hot path
         if self._wide:  # the wide/narrow choice reads the load offered before this task
             self._decay_offered(now)
-            idle = {name: self._idle(self._spec[name]) for name in self._wide}
+            idle = {w.name: self._idle(w) for w in self._wide_workers}
             workers = self._candidates(eligible, predicted, idle)
             self._offer(predicted, idle)
         else:
