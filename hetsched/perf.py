@@ -32,8 +32,8 @@ class HistoryOracle:
         self._lock = threading.Lock()
 
     def predict(self, task: Task, worker: WorkerSpec) -> float:
-        key = HistoryKey(task.stage, worker.arch, task.footprint)
-        exact = self.history.predict(key)
+        # tuple.__new__ makes the named tuple without the Python frame of HistoryKey(...)
+        exact = self.history.predict(tuple.__new__(HistoryKey, (task.stage, worker.arch, task.footprint)))
         if math.isfinite(exact):
             return exact
         return self._regression(task.stage, worker.arch, task.batch)
@@ -66,7 +66,8 @@ class HistoryOracle:
 
     def record(self, task: Task, worker: WorkerSpec, duration_s: float) -> None:
         if duration_s > 0 and math.isfinite(duration_s):
-            self.history.record(HistoryKey(task.stage, worker.arch, task.footprint), duration_s)
+            key = tuple.__new__(HistoryKey, (task.stage, worker.arch, task.footprint))
+            self.history.record(key, duration_s)
 
 
 def _moved(fitted: dict[int, float], now: dict[int, float], tolerance: float) -> bool:

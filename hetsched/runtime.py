@@ -98,7 +98,8 @@ class Model:
                          tuple(n for n in part.outputs if n in consumed),
                          tuple(n for n in part.outputs if n in plan.model_outputs)) for part in plan.parts]
         self.depends_on = [list(part.depends_on) for part in plan.parts]
-        self._footprints: dict[tuple[tuple[str, tuple[int, ...]], ...], str] = {}
+        # request shapes -> their footprint and each part's task fields (_shaped)
+        self._by_shapes: dict[tuple[tuple[str, tuple[int, ...]], ...], _Shaped] = {}
         self.inputs = [_input_spec(value) for value in input_values]
         self._input_names = frozenset(spec.name for spec in self.inputs)
         # per part: where each input is when a request arrives (the client's memory for the model's
@@ -155,15 +156,24 @@ class Model:
             self._pending -= 1
 
     def footprint_of(self, feeds: Mapping[str, np.ndarray]) -> str:
-        """The history footprint of a request's inputs, cached by shapes: requests repeat a few
-        shapes, and formatting the text each time was a measurable share of a small model's overhead."""
+        """The history footprint of a request's inputs."""
+        return self._shaped(feeds)[0]
+
+    def _shaped(self, feeds: Mapping[str, np.ndarray]) -> _Shaped:
+        """What a request's tasks take from its shapes alone: its footprint (the history key), and
+        per part (stage, index, input bytes, where the inputs are, the workers allowed), the
+        dictionaries to copy into each task.  Cached by shapes: requests repeat a few, and building
+        these on every request was a measurable share of a small model's overhead."""
         shapes = tuple((name, value.shape) for name, value in feeds.items())
-        text = self._footprints.get(shapes)
-        if text is None:
-            if len(self._footprints) >= FOOTPRINT_CACHE:
-                self._footprints.clear()
-            text = self._footprints[shapes] = footprint(dict(shapes))
-        return text
+        shaped = self._by_shapes.get(shapes)
+        if shaped is None:
+            if len(self._by_shapes) >= FOOTPRINT_CACHE:
+                self._by_shapes.clear()
+            parts = tuple((stage, index, {n: feeds[n].nbytes for n in self._feed_inputs[index]},
+                           self._input_nodes[index], self.pin.get(index))
+                          for index, stage in enumerate(self.stages))
+            shaped = self._by_shapes[shapes] = (footprint(dict(shapes)), parts)
+        return shaped
 
     def warm_up(self, max_requests: int, batch: int = 1) -> int:
         """Send random requests one at a time until every worker's perf model of every part is
@@ -456,12 +466,10 @@ class Runtime:
         data.attempts += 1
         job = Job(f"{model.name}{JOB_SEPARATOR}{sequence}", model.depends_on, payload=data,
                   on_done=self._job_done)
-        request_footprint = model.footprint_of(feeds)  # keys the history
-        pin, batch, nodes, feed_inputs = model.pin.get, data.batch, model._input_nodes, model._feed_inputs
-        job.tasks = [Task(stage, index, job, request_footprint, batch, priority=-sequence,
-                          input_bytes={n: feeds[n].nbytes for n in feed_inputs[index]},
-                          input_nodes=dict(nodes[index]), allowed=pin(index))
-                     for index, stage in enumerate(model.stages)]
+        request_footprint, parts = model._shaped(feeds)
+        batch, priority = data.batch, -sequence
+        job.tasks = [Task(stage, index, job, request_footprint, batch, priority, dict(nbytes), dict(nodes),
+                          allowed) for stage, index, nbytes, nodes, allowed in parts]
         with self._lock:
             self._check_open()
             self._in_flight[id(job)] = (data.future, model)
@@ -538,7 +546,8 @@ class Runtime:
             self._in_flight.pop(id(job), None)
             if self._waiting:
                 self._idle.notify_all()
-        self._poke_batchers()  # a slot is free
+        if self._batchers:  # a slot is free
+            self._poke_batchers()
         # The answer last: it wakes the caller, who would otherwise wait for this thread's bookkeeping.
         if not future.set_running_or_notify_cancel():
             return  # the caller cancelled it while queued
@@ -595,6 +604,11 @@ class Runtime:
                                                         "before this request finished"))
         if self.store is not None:
             self.store.add_history(self._recorded)
+
+
+# a request's footprint, and per part: stage, index, input bytes, input nodes, allowed workers
+_PartFields = tuple[str, int, dict[str, int], dict[str, frozenset[str]], frozenset[str] | None]
+_Shaped = tuple[str, tuple[_PartFields, ...]]
 
 
 @dataclass

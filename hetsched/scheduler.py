@@ -122,13 +122,15 @@ class Scheduler:
         with self._lock:
             now = self.clock.now()
             self._submitted += 1
-            job.remaining = len(job.tasks)
-            for task in job.tasks:
+            tasks, depends_on = job.tasks, job.depends_on
+            job.remaining = len(tasks)
+            for task in tasks:
                 task.submit_s = now
-                if self.instruments:
+            if self.instruments:
+                for task in tasks:
                     self._emit("submit", task, None, now)
-            for task in job.tasks:
-                if not job.depends_on[task.part] and task.state is TaskState.WAITING:
+            for task in tasks:
+                if not depends_on[task.part] and task.state is TaskState.WAITING:
                     self._make_ready(task, now, finished)
             self._dispatch(finished)
         self._notify(finished)
@@ -264,11 +266,11 @@ class Scheduler:
         again = True
         while again:
             again = False
-            running, busy = self._running, self._busy_cores
+            running, busy, pop = self._running, self._busy_cores, self.policy.pop
             for worker in self.workers:
                 if worker.name in running or not busy.isdisjoint(worker.cores):
                     continue
-                task = self.policy.pop(worker)
+                task = pop(worker)
                 while task is not None and task.job.error is not None:  # its job already failed
                     self.policy.on_done(task, worker, 0.0)  # the policy counted it as started
                     task.state = TaskState.FAILED

@@ -92,7 +92,7 @@ class RunningStats:
 
     def __post_init__(self) -> None:
         self._ordered = sorted(self.window)
-        self._refresh_median()
+        self.median = _median(self._ordered)
 
     def add(self, x: float, *, min_samples: int = 5, reject_outliers: bool = True) -> bool:
         """Fold ``x`` in; False when it was rejected as an outlier (see the module docstring).
@@ -105,14 +105,19 @@ class RunningStats:
         if not math.isfinite(value):
             raise ValueError(f"sample must be a finite number, got {x!r}")
         self._remember(value)
-        if reject_outliers and self.count >= max(min_samples, 1) and self._is_outlier(value):
-            self.rejected += 1
-            self.recent_outliers.append(value)
-            if len(self.recent_outliers) < max(min_samples, 1):
-                return False
-            self._reset_to_recent_outliers()
-            return True
-        self.recent_outliers.clear()
+        count, mean = self.count, self.mean
+        if reject_outliers and count >= max(min_samples, 1):
+            # the outlier test, inline: every executed task records here
+            spread = _OUTLIER_SIGMAS * math.sqrt(max(self.m2 / (count - 1), 0.0)) if count >= 2 else 0.0
+            if value - mean > max(spread, _OUTLIER_MEAN_SHARE * abs(mean)):
+                self.rejected += 1
+                self.recent_outliers.append(value)
+                if len(self.recent_outliers) < max(min_samples, 1):
+                    return False
+                self._reset_to_recent_outliers()
+                return True
+        if self.recent_outliers:
+            self.recent_outliers.clear()
         self._fold(value)
         return True
 
@@ -123,21 +128,7 @@ class RunningStats:
         bisect.insort(ordered, value)
         if len(window) > WINDOW:
             del ordered[bisect.bisect_left(ordered, window.pop(0))]
-        self._refresh_median()
-
-    def _refresh_median(self) -> None:
-        ordered = self._ordered
-        size = len(ordered)
-        middle = size >> 1
-        if size & 1:
-            self.median = ordered[middle]
-        else:
-            self.median = (ordered[middle - 1] + ordered[middle]) / 2 if size else math.nan
-
-    def _is_outlier(self, value: float) -> bool:
-        std = self.std
-        spread = _OUTLIER_SIGMAS * (std if math.isfinite(std) else 0.0)
-        return value - self.mean > max(spread, _OUTLIER_MEAN_SHARE * abs(self.mean))
+        self.median = _median(ordered)
 
     def _fold(self, value: float) -> None:
         self.count += 1
@@ -229,6 +220,15 @@ class RunningStats:
             recent_outliers=[_finite(v, "recent_outliers[]") for v in outliers],
             window=[_finite(v, "window[]") for v in window[-WINDOW:]],  # a larger WINDOW wrote it
         )
+
+
+def _median(ordered: list[float]) -> float:
+    """The median of a sorted list, NaN when empty."""
+    size = len(ordered)
+    middle = size >> 1
+    if size & 1:
+        return ordered[middle]
+    return (ordered[middle - 1] + ordered[middle]) / 2 if size else math.nan
 
 
 def _count(value: object, name: str) -> int:
@@ -358,12 +358,15 @@ class HistoryModel:
 
     def predict(self, key: HistoryKey) -> float:
         """Seconds of ``key``'s typical recent run (the window's median); NaN below
-        ``min_samples`` ("run it there to calibrate")."""
-        with self._lock:
-            stats = self._entries.get(key)
-            if stats is None or stats.count < self._min_samples:
-                return math.nan
-            return stats.median
+        ``min_samples`` ("run it there to calibrate").
+
+        Without the lock: the scheduler asks for every candidate worker of every task, a dict
+        lookup and attribute reads are each atomic, and a median read while a record lands is
+        either sample's, both of which are true recent runs."""
+        stats = self._entries.get(key)
+        if stats is None or stats.count < self._min_samples:
+            return math.nan
+        return stats.median
 
     def is_trusted(self, key: HistoryKey) -> bool:
         """Whether ``key`` has enough samples for :meth:`predict` to answer."""

@@ -184,13 +184,28 @@ class Dmda(Policy):
         self._index()
         return held
 
-    def _candidates(self, workers: Sequence[WorkerSpec], predicted: dict[str, float],
-                    idle: dict[str, bool]) -> Sequence[WorkerSpec]:
-        """Eligible workers; a wide one only while it is expected to answer the tail sooner than
-        its narrow workers at the load offered now (see the module doc)."""
-        keep = [w for w in workers if w.name not in self._wide
-                or (idle[w.name] and self._alone(w)) or self._wide_pays(w, predicted)]
-        return keep or workers
+    def _choose_mode(self, eligible: Sequence[WorkerSpec], predicted: dict[str, float],
+                     now: float) -> Sequence[WorkerSpec]:
+        """The candidates among ``eligible``: a wide worker only while it is expected to answer the
+        tail sooner than its narrow workers at the load offered before this task (see the module
+        doc); then the task's predicted work is counted into that load."""
+        self._decay_offered(now)
+        groups = []  # (wide worker, its length, its fastest narrow one's, whether its cores are idle)
+        for wide in self._wide_workers:
+            wide_s, narrow_s = self._group_lengths(wide.name, predicted)
+            groups.append((wide, wide_s, narrow_s, self._idle(wide)))
+        dropped = [wide.name for wide, wide_s, narrow_s, idle in groups
+                   if not ((idle and self._alone(wide)) or self._wide_pays(wide, wide_s, narrow_s))]
+        known = [group for group in groups if group[1] == group[1] and group[2] == group[2]]  # not NaN
+        for wide, wide_s, narrow_s, idle in known:  # the task goes to one group: each sees its share
+            offered = self._offered.setdefault(wide.name, [0.0, 0.0, 0.0])
+            offered[0] += wide_s / len(known)
+            offered[1] += narrow_s / len(known)
+            offered[2] += (not idle) / len(known)
+        if not dropped:
+            return eligible
+        keep = [w for w in eligible if w.name not in dropped]
+        return keep or eligible
 
     def _alone(self, wide: WorkerSpec) -> bool:
         """Whether the group's recent arrivals came one at a time (none found another's task on the
@@ -216,21 +231,11 @@ class Dmda(Policy):
             offered[1] *= decay
             offered[2] *= decay
 
-    def _offer(self, predicted: dict[str, float], idle: dict[str, bool]) -> None:
-        """Count a pushed task's predicted work into the load offered to each core group."""
-        lengths = {name: self._group_lengths(name, predicted) for name in self._wide}
-        known = {name: pair for name, pair in lengths.items() if all(map(math.isfinite, pair))}
-        for name, (wide_s, narrow_s) in known.items():  # the task goes to one group: each sees its share
-            offered = self._offered.setdefault(name, [0.0, 0.0, 0.0])
-            offered[0] += wide_s / len(known)
-            offered[1] += narrow_s / len(known)
-            offered[2] += (not idle[name]) / len(known)
-
-    def _wide_pays(self, wide: WorkerSpec, predicted: dict[str, float]) -> bool:
-        """Whether the wide worker is expected to give the lower tail latency at the offered load;
-        past capacity (both modes saturated, or a backlog outside the scheduler), whether it has
-        about (clearly, with a backlog) its narrow workers' capacity."""
-        wide_s, narrow_s = self._group_lengths(wide.name, predicted)
+    def _wide_pays(self, wide: WorkerSpec, wide_s: float, narrow_s: float) -> bool:
+        """Whether the wide worker (a task of ``wide_s`` there, ``narrow_s`` on its fastest narrow
+        one) is expected to give the lower tail latency at the offered load; past capacity (both
+        modes saturated, or a backlog outside the scheduler), whether it has about (clearly, with
+        a backlog) its narrow workers' capacity."""
         offered = self._offered.get(wide.name)
         if offered is None or not (math.isfinite(wide_s) and math.isfinite(narrow_s)):
             return self._unqueued(wide)  # uncalibrated: one request at a time gets every core
@@ -257,37 +262,27 @@ class Dmda(Policy):
         """No task waits for the worker's cores (tasks may be running on them)."""
         return not any(self._reservations.get(slot) for slot in self._slots(worker))
 
-    def _expected_free_s(self, worker: WorkerSpec, now: float) -> float:
-        free = now
-        free_s = self._free_s
-        for slot in self._slots(worker):
-            at = free_s.get(slot, now)
-            if at > free:
-                free = at
-        return free
-
     def push(self, task: Task) -> None:
         ctx = self.context
         now = ctx.clock.now()
         eligible = ctx.eligible(task)
         if not eligible:
             raise RuntimeError(f"{task}: no worker may run it (failed on {sorted(task.failed_on)})")
-        predicted = {w.name: ctx.predict_s(task, w) for w in eligible}  # once per push: the hot path
-        if self._wide:  # the wide/narrow choice reads the load offered before this task
-            self._decay_offered(now)
-            idle = {w.name: self._idle(w) for w in self._wide_workers}
-            workers = self._candidates(eligible, predicted, idle)
-            self._offer(predicted, idle)
-        else:
-            workers = eligible
-        # One pass gathers each candidate's (free time, transfer, length); plain loops, no lambdas:
-        # this runs for every task.
-        transfer = ctx.transfer_s
+        predict = ctx.predict_s
+        predicted = {w.name: predict(task, w) for w in eligible}  # once per push: the hot path
+        workers = self._choose_mode(eligible, predicted, now) if self._wide else eligible
+        # One pass gathers each candidate's (free time, transfer, length); plain loops, no lambdas
+        # nor calls that need not be: this runs for every task.
+        transfer, free_s, slot_names = ctx.transfer_s, self._free_s, self._slot_names
         rows = []
         uncalibrated = False
         best_end = math.inf
         for worker in workers:
-            free = self._expected_free_s(worker, now)
+            free = now  # when all the worker's cores are expected free
+            for slot in slot_names[worker.name]:  # an eligible worker is a current one: indexed
+                at = free_s.get(slot, now)
+                if at > free:
+                    free = at
             moved = transfer(task, worker)
             length = predicted[worker.name]
             if length == length:  # calibrated (not NaN)
@@ -320,13 +315,14 @@ class Dmda(Policy):
                 free_s: float) -> None:
         order = next(self._order)
         end = max(free_s, now + transfer_s) + length_s
-        for slot in self._slots(worker):
-            self._free_s[slot] = end
-            reservations = self._reservations.get(slot)
+        name, all_free, all_reservations = worker.name, self._free_s, self._reservations
+        for slot in self._slot_names[name]:  # a worker just chosen is a current one: indexed
+            all_free[slot] = end
+            reservations = all_reservations.get(slot)
             if reservations is None:
-                reservations = self._reservations[slot] = deque()
-            reservations.append((order, worker.name))
-        self._queues.setdefault(worker.name, []).append((order, task))
+                reservations = all_reservations[slot] = deque()
+            reservations.append((order, name))
+        self._queues.setdefault(name, []).append((order, task))
         task.worker = worker
         task.predicted_s = length_s
         self.context.prefetch(task, worker)
@@ -336,11 +332,11 @@ class Dmda(Policy):
         return 0
 
     def pop(self, worker: WorkerSpec) -> Task | None:
-        queue = self._queues.get(worker.name)
+        name = worker.name
+        queue = self._queues.get(name)
         if not queue:
             return None
-        slots = self._slots(worker)
-        name = worker.name
+        slots = self._slot_names[name]  # the scheduler offers current workers only: indexed
         reservations = self._reservations
         for slot in slots:
             if reservations[slot][0][1] != name:
