@@ -11,12 +11,20 @@ picks from — one instance with every core (latency), one instance per core
 (throughput), the same with its dynamic batcher — and hetsched runs as
 ``hetsched serve`` does by default, which adapts between the two.
 
-Writes bench/results/<section>.json, bench/results/<section>_<model>.png
+This VM's speed moves by 10-20% from one minute to the next, and a p99 of a
+hundred requests moves with it: one sweep per configuration cannot say which of
+two close configurations has the lower p99 at a rate.  ``--rounds N`` runs every
+configuration's sweep N times, the configurations interleaved within each round,
+and reports per point the median over rounds (with the range), and how often, round
+by round, hetsched's default had the lowest p99 of that round's Triton
+configurations.
+
+Writes bench/results/<section>.json (every round's results), bench/results/<section>_<model>.png
 (p99 latency against achieved throughput per configuration, and the best of
-each server), and its section of bench/RESULTS.md.
+each server, on the medians), and its section of bench/RESULTS.md.
 
     PYTHONPATH=. python bench/compare_triton.py [--models googlenet,resnet50,vit-tiny] [--duration 6]
-        [--min-requests 100]
+        [--min-requests 100] [--rounds 1]
 """
 
 from __future__ import annotations
@@ -26,11 +34,12 @@ import json
 import math
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -46,6 +55,7 @@ from partitioner.feeds import random_feeds
 
 HERE = Path(__file__).parent
 FRACTIONS = (0.1, 0.3, 0.5, 0.7, 0.85, 1.0, 1.15)
+Rounds = dict[str, list[list[LoadResult]]]  # per configuration, its sweep in each round
 
 
 @dataclass(frozen=True)
@@ -171,29 +181,60 @@ def sustained(results: list[LoadResult]) -> float:
     return max(kept, default=0.0)
 
 
-def summarize(model: str, limit: dict[str, Any], runs: dict[str, list[LoadResult]]) -> dict[str, Any]:
-    triton = {label: rs for label, rs in runs.items() if label.startswith("triton")}
-    ours = {label: rs for label, rs in runs.items() if label.startswith("hetsched")}
-    best_triton = max((sustained(rs) for rs in triton.values()), default=0.0)
-    best_ours = max((sustained(rs) for rs in ours.values()), default=0.0)
-    p99_wins, p99_points = 0, 0
-    for result in runs.get("hetsched (default)", []):
-        rivals = [
-            r.p99_ms
-            for rs in triton.values()
-            for r in rs
-            if r.offered_rate == result.offered_rate and not r.errors
-        ]
+def over_rounds(rounds: list[list[LoadResult]]) -> list[LoadResult]:
+    """One result per offered rate from a configuration's sweeps: latencies and the achieved rate
+    are the medians over the rounds that reached that rate; counts and errors add up."""
+    by_rate: dict[float, list[LoadResult]] = {}
+    for sweep_results in rounds:
+        for result in sweep_results:
+            by_rate.setdefault(result.offered_rate, []).append(result)
+    combined = []
+    for rate, results in sorted(by_rate.items()):
+        errors: dict[str, int] = {}
+        for result in results:
+            for kind, count in result.errors.items():
+                errors[kind] = errors.get(kind, 0) + count
+        combined.append(replace(
+            results[0], sent=sum(r.sent for r in results), completed=sum(r.completed for r in results),
+            schedule_s=sum(r.schedule_s for r in results), errors=errors,
+            **{field: statistics.median(getattr(r, field) for r in results)
+               for field in ("achieved_rate", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "duration_s")}))
+    return combined
+
+
+def p99_wins(ours: list[LoadResult], triton: list[list[LoadResult]]) -> tuple[int, int]:
+    """At how many of ``ours``'s rates its p99 was at or below every Triton configuration's there
+    (``triton``: each configuration's results), and at how many rates both had error-free results."""
+    wins = points = 0
+    for result in ours:
+        rivals = [r.p99_ms for rs in triton for r in rs
+                  if r.offered_rate == result.offered_rate and not r.errors]
         if rivals and not result.errors:
-            p99_points += 1
-            p99_wins += result.p99_ms <= min(rivals)
+            points += 1
+            wins += result.p99_ms <= min(rivals)
+    return wins, points
+
+
+def summarize(model: str, limit: dict[str, Any], rounds: Rounds) -> dict[str, Any]:
+    runs = {label: over_rounds(sweeps) for label, sweeps in rounds.items()}
+    triton = [label for label in runs if label.startswith("triton")]
+    ours = [label for label in runs if label.startswith("hetsched")]
+    best_triton = max((sustained(runs[label]) for label in triton), default=0.0)
+    best_ours = max((sustained(runs[label]) for label in ours), default=0.0)
+    wins, points = p99_wins(runs.get("hetsched (default)", []), [runs[label] for label in triton])
+    round_wins = round_points = 0  # the same comparison within each round, against that round's Triton
+    for index, sweep_results in enumerate(rounds.get("hetsched (default)", [])):
+        won, compared = p99_wins(sweep_results, [rounds[label][index] for label in triton])
+        round_wins, round_points = round_wins + won, round_points + compared
     return {
         "model": model,
         "limit": limit,
+        "rounds": max((len(sweeps) for sweeps in rounds.values()), default=0),
         "sustained_req_per_s": {k: sustained(v) for k, v in runs.items()},
         "best_triton_sustained": best_triton,
         "best_hetsched_sustained": best_ours,
-        "hetsched_default_p99_at_or_below_best_triton": f"{p99_wins}/{p99_points}",
+        "hetsched_default_p99_at_or_below_best_triton": f"{wins}/{points}",
+        "hetsched_default_p99_at_or_below_best_triton_by_round": f"{round_wins}/{round_points}",
     }
 
 
@@ -236,14 +277,12 @@ def plot(model: str, runs: dict[str, list[LoadResult]], path: Path) -> None:
     plt.close(figure)
 
 
-def report(
-    summaries: list[dict[str, Any]], runs: dict[str, dict[str, list[LoadResult]]], args: argparse.Namespace
-) -> str:
+def report(summaries: list[dict[str, Any]], rounds: dict[str, Rounds], args: argparse.Namespace) -> str:
     lines = [
         f"## hetsched vs Triton: {args.models} (bench/compare_triton.py)",
         "",
         f"`PYTHONPATH=. python bench/compare_triton.py --models {args.models} --duration {args.duration} "
-        f"--min-requests {args.min_requests} --section {args.section}"
+        f"--min-requests {args.min_requests} --rounds {args.rounds} --section {args.section}"
         + (f" --setups '{','.join(args.setups)}'" if args.setups else "") + "` on "
         f"{platform.node()} ({os.cpu_count()} cores, no GPU), {date.today().isoformat()}. Triton 2.51 from "
         "`nvidia-pytriton` 0.7.0 runs the same ONNX file through its Python backend with ONNX Runtime (its "
@@ -251,7 +290,9 @@ def report(
         "says (b1: `max_batch_size: 0`; 2x1: two one-core groups, no wide worker). Same client "
         "(`tritonclient` gRPC), open-loop Poisson arrivals, batch-1 requests, "
         f"{args.duration:g} s per point and at least {args.min_requests} requests; client and server share "
-        "the machine's cores.",
+        "the machine's cores."
+        + (f" {args.rounds} rounds, the configurations interleaved in each; cells are medians over the "
+           "rounds, p99's range in brackets." if args.rounds > 1 else ""),
         "",
     ]
     for summary in summaries:
@@ -267,23 +308,29 @@ def report(
             f"{summary['best_triton_sustained']:.0f} req/s"
             + ("" if summary["hetsched_default_p99_at_or_below_best_triton"] == "0/0" else
                f"; hetsched's default p99 at or below the best Triton p99 at "
-               f"{summary['hetsched_default_p99_at_or_below_best_triton']} offered rates")
+               f"{summary['hetsched_default_p99_at_or_below_best_triton']} offered rates"
+               + ("" if summary["rounds"] < 2 else
+                  f" (round by round: {summary['hetsched_default_p99_at_or_below_best_triton_by_round']} "
+                  "rates x rounds)"))
             + f". Plot: `bench/results/{args.section}_{model}.png`.",
             "",
         ]
-        model_runs = runs[model]
+        model_rounds = rounds[model]
+        model_runs = {label: over_rounds(sweeps) for label, sweeps in model_rounds.items()}
         rates = sorted({r.offered_rate for rs in model_runs.values() for r in rs})
         lines.append("| offered req/s | " + " | ".join(model_runs) + " |")
         lines.append("|---:|" + "---:|" * len(model_runs))
         for rate in rates:
             cells = []
-            for results in model_runs.values():
+            for label, results in model_runs.items():
                 found = next((r for r in results if r.offered_rate == rate), None)
                 if found is None:
                     cells.append("")
-                else:
-                    mark = f" ({sum(found.errors.values())} err)" if found.errors else ""
-                    cells.append(f"{found.achieved_rate:.0f} req/s, p99 {found.p99_ms:.1f} ms{mark}")
+                    continue
+                mark = f" ({sum(found.errors.values())} err)" if found.errors else ""
+                p99s = [r.p99_ms for rs in model_rounds[label] for r in rs if r.offered_rate == rate]
+                spread = f" [{min(p99s):.0f}–{max(p99s):.0f}]" if len(p99s) > 1 else ""
+                cells.append(f"{found.achieved_rate:.0f} req/s, p99 {found.p99_ms:.1f}{spread} ms{mark}")
             lines.append(f"| {rate:.0f} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
@@ -303,9 +350,11 @@ def main() -> int:
         default=",".join(map(str, FRACTIONS)),
         help="offered rates as fractions of the machine limit",
     )
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="sweeps of every configuration, interleaved; cells are medians (default 1)")
     parser.add_argument("--setups", type=lambda text: text.split(","), default=[],
-                        help="only the configurations whose label contains one of these words "
-                        "(e.g. 'b1,2x1t'; default: all)")
+                        help="only these configurations, by label (e.g. 'hetsched b1,triton 2x1t'; "
+                        "default: all)")
     args = parser.parse_args()
     from hetsched.tritonserver import triton_available
 
@@ -315,7 +364,14 @@ def main() -> int:
         return 2
     cores = len(os.sched_getaffinity(0))
     fractions = [float(f) for f in args.fractions.split(",")]
-    summaries, all_runs = [], {}
+    every = setups(cores)
+    unknown = sorted(set(args.setups) - {s.label for s in every})
+    if unknown:
+        print(f"unknown configurations {unknown}; the labels are {[s.label for s in every]}")
+        return 2
+    chosen = [s for s in every if not args.setups or s.label in args.setups]
+    summaries: list[dict[str, Any]] = []
+    all_rounds: dict[str, Rounds] = {}
     with tempfile.TemporaryDirectory() as scratch_dir:
         scratch = Path(scratch_dir)
         for name in args.models.split(","):
@@ -325,25 +381,30 @@ def main() -> int:
             limit = machine_limit(model, cores)
             rates = [max(1.0, round(f * limit["limit_rows_per_s"], 1)) for f in fractions]
             print(f"{name}: machine limit {limit['limit_rows_per_s']:.0f} rows/s; rates {rates}", flush=True)
-            chosen = [s for s in setups(cores) if not args.setups or any(w in s.label for w in args.setups)]
-            runs = {
-                s.label: run_setup(s, name, model_path, rates, args.duration, args.min_requests, scratch)
-                for s in chosen
-            }
-            all_runs[name] = runs
-            summaries.append(summarize(name, limit, runs))
+            rounds: Rounds = {s.label: [] for s in chosen}
+            for index in range(args.rounds):
+                if args.rounds > 1:
+                    print(f" round {index + 1}/{args.rounds}", flush=True)
+                for setup in chosen:
+                    rounds[setup.label].append(
+                        run_setup(setup, name, model_path, rates, args.duration, args.min_requests, scratch))
+            all_rounds[name] = rounds
+            summaries.append(summarize(name, limit, rounds))
             (HERE / "results").mkdir(exist_ok=True)
-            plot(name, runs, HERE / "results" / f"{args.section}_{name}.png")
+            plot(name, {label: over_rounds(sweeps) for label, sweeps in rounds.items()},
+                 HERE / "results" / f"{args.section}_{name}.png")
     document = {
         "summaries": summaries,
-        "runs": {
-            m: {label: [asdict(r) for r in rs] for label, rs in runs.items()} for m, runs in all_runs.items()
+        "rounds": {
+            m: {label: [[asdict(r) for r in sweep_results] for sweep_results in sweeps]
+                for label, sweeps in rounds.items()}
+            for m, rounds in all_rounds.items()
         },
     }
     (HERE / "results" / f"{args.section}.json").write_text(
         json.dumps(document, indent=2, default=_jsonable) + "\n"
     )
-    text = report(summaries, all_runs, args)
+    text = report(summaries, all_rounds, args)
     print(text)
     write_section(text, HERE / "RESULTS.md", args.section)
     return 0
