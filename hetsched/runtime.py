@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import threading
+from collections import deque
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -63,7 +64,9 @@ MAX_REQUEST_ATTEMPTS = 3  # a request whose worker died is resent at most this o
 JOB_SEPARATOR = "#"  # a job is named <model name>#<sequence number>
 FOOTPRINT_CACHE = 1024  # distinct request shapes remembered per model
 CHOOSER_REFRESH_S = 0.1  # the batch-size chooser re-reads its predictions at most this often
-LOOKAHEAD = 2  # jobs in flight per worker slot before a batching model's requests wait in its batcher
+# jobs in flight per worker slot before further requests wait outside the scheduler (in their model's
+# batcher, or the runtime's admission queue) and are placed when a worker frees up
+LOOKAHEAD = 2
 _AT_CLIENT, _NOWHERE = frozenset({CLIENT_MEMORY}), frozenset[str]()  # a task's inputs' first places
 
 
@@ -337,6 +340,8 @@ class Runtime:
         self._sequence = itertools.count()
         # id(job) -> (its future, its model): what close() drains and unload() waits for
         self._in_flight: dict[int, tuple[Future[dict[str, np.ndarray]], Model]] = {}
+        # accepted requests waiting for room (see _admit), oldest first
+        self._held: deque[_JobData] = deque()
         # The hot paths take the plain lock (a C call); only close() and unload() wait, on the condition
         # over that same lock, and a finishing job notifies it only while someone waits.
         self._lock = threading.Lock()
@@ -358,12 +363,14 @@ class Runtime:
     def _joined(self, spec: WorkerSpec) -> None:
         self.scheduler.add_worker(spec)
         self._slots = self._count_slots()
+        self._release_held()
         self._poke_batchers()
         log.info("worker %s joined (%s)", spec.name, spec.arch)
 
     def _left(self, spec: WorkerSpec) -> None:
         self.scheduler.remove_worker(spec.name)
         self._slots = self._count_slots()
+        self._release_held()
         self._poke_batchers()
         log.warning("worker %s left; its queued tasks are placed on the others", spec.name)
 
@@ -444,10 +451,10 @@ class Runtime:
             model.batcher.close()
         self._batchers = tuple(m.batcher for m in self.models.values() if m.batcher is not None)
         model.unloaded = True
-        with self._idle:  # its requests in flight finish first
+        with self._idle:  # its requests in flight (and waiting for room) finish first
             self._waiting += 1
-            self._idle.wait_for(lambda: all(m is not model for _, m in self._in_flight.values()),
-                                CLOSE_TIMEOUT_S)
+            self._idle.wait_for(lambda: all(m is not model for _, m in self._in_flight.values())
+                                and all(data.model is not model for data in self._held), CLOSE_TIMEOUT_S)
             self._waiting -= 1
         still_used = {stage for other in self.models.values() for stage in other.stages}
         unused = [stage for stage in model.stages if stage not in still_used]  # a model loaded twice shares
@@ -456,11 +463,44 @@ class Runtime:
     def _submit(self, model: Model, feeds: dict[str, np.ndarray], batch: int
                 ) -> Future[dict[str, np.ndarray]]:
         future: Future[dict[str, np.ndarray]] = Future()
-        self._start_job(_JobData(model, feeds, batch, future, dict(feeds)))
+        self._admit(_JobData(model, feeds, batch, future, dict(feeds)))
         return future
 
+    def _admit(self, data: _JobData) -> None:
+        """Start the request's job now if there is room (:meth:`_has_room`), else hold it until a job
+        ends, first come first served: a request placed when a worker frees up is placed on what is
+        known then, where one placed at arrival behind a backlog is placed on guesses (a worker
+        that turns out slower keeps its queue while the others idle; Triton's instances take
+        requests from one queue as they free up).  Batching models wait in their batcher instead."""
+        with self._lock:
+            self._check_open()
+            if not self._held and self._room():
+                held = False
+            else:
+                self._held.append(data)
+                held = True
+        if held:
+            self._release_held()  # room may have freed up meanwhile
+        else:
+            self._start_job(data)
+
+    def _release_held(self) -> None:
+        """Start held requests while there is room (after a job ends, or workers change)."""
+        while True:
+            with self._lock:
+                if not self._held or not self._room():
+                    return
+                data = self._held.popleft()
+            if data.future.cancelled():  # its caller gave up while it waited
+                continue
+            try:
+                self._start_job(data)
+            except BaseException as exc:  # an accepted request is always answered
+                if data.future.set_running_or_notify_cancel():
+                    data.future.set_exception(exc)
+
     def _start_job(self, data: _JobData) -> None:
-        """One job of the request in ``data`` (a resent request starts a new one)."""
+        """One job of the request in ``data``, admitted already (a resent request starts a new one)."""
         model, feeds = data.model, data.feeds
         sequence = next(self._sequence)
         data.attempts += 1
@@ -471,7 +511,6 @@ class Runtime:
         job.tasks = [Task(stage, index, job, request_footprint, batch, priority, dict(nbytes), dict(nodes),
                           allowed) for stage, index, nbytes, nodes, allowed in parts]
         with self._lock:
-            self._check_open()
             self._in_flight[id(job)] = (data.future, model)
         try:
             self.scheduler.submit(job)
@@ -486,16 +525,22 @@ class Runtime:
         return len(self._in_flight) < self._slots
 
     def _has_room(self) -> bool:
-        """Whether a job submitted now would wait behind less than the lookahead (about one job
+        """Whether a batch launched now would start its job at once (nothing held before it)."""
+        return not self._held and self._room()
+
+    def _room(self) -> bool:
+        """Whether a job started now would wait behind less than the lookahead (about one job
         queued behind each worker slot's running one), or there is no worker to wait for (the job
         then fails at once rather than wait for one).  The lookahead keeps every worker fed (and
         prefetching) while placements and batch sizes are still decided on what is known when
-        they run; past it, a batching model's requests wait in its batcher."""
+        they run; past it, requests wait in their batcher or the admission queue."""
         return not self._slots or len(self._in_flight) < LOOKAHEAD * self._slots
 
     def _backlogged(self) -> bool:
-        """Whether requests wait in a batcher for room: the scheduler's policy reads it as past
-        capacity, since what it is pushed then is the rate the workers serve, not the offered one."""
+        """Whether requests wait for room (held, or in a batcher): the scheduler's policy reads it as
+        past capacity, since what it is pushed then is the rate the workers serve, not the offered one."""
+        if self._held:
+            return True
         for batcher in self._batchers:  # a plain loop: the policy asks on every push
             if batcher.backlog():
                 return True
@@ -546,7 +591,9 @@ class Runtime:
             self._in_flight.pop(id(job), None)
             if self._waiting:
                 self._idle.notify_all()
-        if self._batchers:  # a slot is free
+        if self._held:  # a slot is free
+            self._release_held()
+        if self._batchers:
             self._poke_batchers()
         # The answer last: it wakes the caller, who would otherwise wait for this thread's bookkeeping.
         if not future.set_running_or_notify_cancel():
@@ -592,9 +639,10 @@ class Runtime:
                 return
             self._closed = True
             self._waiting += 1
-            drained = self._idle.wait_for(lambda: not self._in_flight, timeout)
+            drained = self._idle.wait_for(lambda: not self._in_flight and not self._held, timeout)
             self._waiting -= 1
-            stranded = [future for future, _ in self._in_flight.values()]
+            stranded = [future for future, _ in self._in_flight.values()] + [d.future for d in self._held]
+            self._held.clear()
         if not drained:
             log.warning("closing with %d requests still in flight after %.0f s", len(stranded), timeout)
         self.executor.stop()

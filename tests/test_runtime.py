@@ -152,6 +152,37 @@ def test_close_drains_in_flight_work_then_refuses_more() -> None:
         model.submit(feeds)
 
 
+def test_past_capacity_requests_wait_for_room_outside_the_scheduler() -> None:
+    """48 requests at once on one core, a model that does not batch: at most LOOKAHEAD jobs per
+    worker slot are ever in the scheduler, the rest wait in the runtime's admission queue to be
+    placed when a worker frees up; they enter in arrival order, and every answer is its own."""
+    from hetsched.runtime import LOOKAHEAD
+    from hetsched.task import Task, WorkerSpec
+
+    proto = zoo.build("lenet5")
+    cases = [random_feeds(proto, 1, seed=seed) for seed in range(48)]
+    count = {"now": 0, "peak": 0}
+    entered: list[object] = []  # the futures of the jobs submitted to the scheduler, in order
+
+    class InScheduler:  # called under the scheduler's lock
+        def on_event(self, event: str, task: Task, worker: WorkerSpec | None, when_s: float) -> None:
+            if event == "submit":
+                count["now"] += 1
+                count["peak"] = max(count["peak"], count["now"])
+                entered.append(task.job.payload.future)
+            elif event in ("end", "fail"):
+                count["now"] -= 1
+
+    with Runtime(workers="1x1", policy="dmda", instruments=[InScheduler()]) as runtime:
+        model = runtime.load(proto)
+        futures = [model.submit(feeds) for feeds in cases]
+        answers = [future.result(timeout=60) for future in futures]
+    assert 1 <= count["peak"] <= LOOKAHEAD * 1
+    assert entered == futures
+    for feeds, got in zip(cases, answers):
+        np.testing.assert_allclose(got["logits"], run_whole(proto, feeds)["logits"], rtol=1e-5, atol=1e-6)
+
+
 def test_the_callers_array_may_change_after_submit() -> None:
     with Runtime(policy="ws") as runtime:
         model = runtime.load(zoo.build("lenet5"))
