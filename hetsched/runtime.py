@@ -338,10 +338,12 @@ class Runtime:
         self._batchers: tuple[DynamicBatcher, ...] = ()  # of the loaded models that batch
         self._slots = self._count_slots()
         self._sequence = itertools.count()
-        # id(job) -> (its future, its model): what close() drains and unload() waits for
+        # id(request's _JobData) -> (its future, its model), from admission to answer (a resent request
+        # keeps its entry): what close() drains and unload() waits for
         self._in_flight: dict[int, tuple[Future[dict[str, np.ndarray]], Model]] = {}
         # accepted requests waiting for room (see _admit), oldest first
         self._held: deque[_JobData] = deque()
+        self._releasing = threading.local()  # whether this thread is in _release_held already
         # The hot paths take the plain lock (a C call); only close() and unload() wait, on the condition
         # over that same lock, and a finishing job notifies it only while someone waits.
         self._lock = threading.Lock()
@@ -472,35 +474,47 @@ class Runtime:
         known then, where one placed at arrival behind a backlog is placed on guesses (a worker
         that turns out slower keeps its queue while the others idle; Triton's instances take
         requests from one queue as they free up).  Batching models wait in their batcher instead."""
+        # One critical section decides and records: a request is always in _held or _in_flight, which
+        # close() waits on, never between the two.
         with self._lock:
             self._check_open()
-            if not self._held and self._room():
-                held = False
-            else:
+            held = bool(self._held) or not self._room()
+            if held:
                 self._held.append(data)
-                held = True
+            else:
+                self._in_flight[id(data)] = (data.future, data.model)
         if held:
             self._release_held()  # room may have freed up meanwhile
         else:
             self._start_job(data)
 
     def _release_held(self) -> None:
-        """Start held requests while there is room (after a job ends, or workers change)."""
-        while True:
-            with self._lock:
-                if not self._held or not self._room():
-                    return
-                data = self._held.popleft()
-            if data.future.cancelled():  # its caller gave up while it waited
-                continue
-            try:
-                self._start_job(data)
-            except BaseException as exc:  # an accepted request is always answered
-                if data.future.set_running_or_notify_cancel():
-                    data.future.set_exception(exc)
+        """Start held requests while there is room (after a job ends, or workers change).
+
+        Not reentrant per thread: a job that fails at once ends inside ``_start_job`` and would
+        call back in here, a few frames per held request; the outer loop drains them instead."""
+        if getattr(self._releasing, "active", False):
+            return
+        self._releasing.active = True
+        try:
+            while True:
+                with self._lock:
+                    if not self._held or not self._room():
+                        return
+                    data = self._held.popleft()
+                    cancelled = data.future.cancelled()  # its caller gave up while it waited
+                    if not cancelled:
+                        self._in_flight[id(data)] = (data.future, data.model)
+                    elif self._waiting:  # close() or unload() may be waiting for the queue to empty
+                        self._idle.notify_all()
+                if not cancelled:
+                    self._start_job(data)
+        finally:
+            self._releasing.active = False
 
     def _start_job(self, data: _JobData) -> None:
-        """One job of the request in ``data``, admitted already (a resent request starts a new one)."""
+        """One job of the request in ``data``, which is in ``_in_flight`` already (a resent request
+        starts a new one); if it cannot be submitted, the request is answered with the error."""
         model, feeds = data.model, data.feeds
         sequence = next(self._sequence)
         data.attempts += 1
@@ -510,15 +524,16 @@ class Runtime:
         batch, priority = data.batch, -sequence
         job.tasks = [Task(stage, index, job, request_footprint, batch, priority, dict(nbytes), dict(nodes),
                           allowed) for stage, index, nbytes, nodes, allowed in parts]
-        with self._lock:
-            self._in_flight[id(job)] = (data.future, model)
         try:
             self.scheduler.submit(job)
-        except BaseException:
+        except BaseException as exc:  # an accepted request is always answered
             with self._lock:
-                self._in_flight.pop(id(job), None)
+                self._in_flight.pop(id(data), None)
+                if self._waiting:
+                    self._idle.notify_all()
+            if data.future.set_running_or_notify_cancel():
+                data.future.set_exception(exc)
             self._poke_batchers()
-            raise
 
     def _has_capacity(self) -> bool:
         """Whether a job submitted now would find a worker slot free (jobs in flight < cores in use)."""
@@ -588,7 +603,7 @@ class Runtime:
             outcome = exc
         data.values.clear()
         with self._lock:
-            self._in_flight.pop(id(job), None)
+            self._in_flight.pop(id(data), None)
             if self._waiting:
                 self._idle.notify_all()
         if self._held:  # a slot is free
@@ -620,13 +635,8 @@ class Runtime:
             return False
         log.warning("%s: %s; resending the request (attempt %d of %d)", job.name, error,
                     data.attempts + 1, MAX_REQUEST_ATTEMPTS)
-        with self._lock:
-            self._in_flight.pop(id(job), None)
         data.values = dict(data.feeds)
-        try:
-            self._start_job(data)
-        except Exception:  # closed meanwhile, or no worker left: answer with the loss
-            return False
+        self._start_job(data)  # still in _in_flight: close() waits for it
         return True
 
     def close(self, timeout: float = CLOSE_TIMEOUT_S) -> None:

@@ -118,7 +118,7 @@ class RunningStats:
                 return True
         if self.recent_outliers:
             self.recent_outliers.clear()
-        self._fold(value)
+        self.count, self.mean, self.m2 = _welford(count, mean, self.m2, value)
         return True
 
     def _remember(self, value: float) -> None:
@@ -130,20 +130,15 @@ class RunningStats:
             del ordered[bisect.bisect_left(ordered, window.pop(0))]
         self.median = _median(ordered)
 
-    def _fold(self, value: float) -> None:
-        self.count += 1
-        delta = value - self.mean
-        self.mean += delta / self.count
-        self.m2 += delta * (value - self.mean)
-
     def _reset_to_recent_outliers(self) -> None:
         """The recent outliers were a lasting shift, not spikes: they become the entry."""
         samples = self.recent_outliers
-        self.count, self.mean, self.m2 = 0, 0.0, 0.0
+        count, mean, m2 = 0, 0.0, 0.0  # folded apart, then set at once: predict() reads without a lock
+        for value in samples:
+            count, mean, m2 = _welford(count, mean, m2, value)
+        self.count, self.mean, self.m2 = count, mean, m2
         self.rejected -= len(samples)
         self.resets += 1
-        for value in samples:
-            self._fold(value)
         self.recent_outliers = []
 
     def merge(self, other: RunningStats) -> None:
@@ -220,6 +215,14 @@ class RunningStats:
             recent_outliers=[_finite(v, "recent_outliers[]") for v in outliers],
             window=[_finite(v, "window[]") for v in window[-WINDOW:]],  # a larger WINDOW wrote it
         )
+
+
+def _welford(count: int, mean: float, m2: float, value: float) -> tuple[int, float, float]:
+    """Count, mean and squared deviations with ``value`` folded in (Welford)."""
+    count += 1
+    delta = value - mean
+    mean += delta / count
+    return count, mean, m2 + delta * (value - mean)
 
 
 def _median(ordered: list[float]) -> float:

@@ -74,7 +74,7 @@ from collections import deque
 from collections.abc import Sequence
 
 from hetsched.policies.base import Policy, PolicyContext
-from hetsched.task import Task, WorkerSpec
+from hetsched.task import Task, TaskState, WorkerSpec
 
 # When both modes would saturate, a wide worker that delivers at least this share of its narrow
 # workers' combined throughput stays a candidate (StarPU's parallel tasks pay when efficient).
@@ -216,7 +216,7 @@ class Dmda(Policy):
             groups.append((wide, wide_s, narrow_s, self._idle(wide)))
         dropped = [wide.name for wide, wide_s, narrow_s, idle in groups
                    if not ((idle and self._alone(wide)) or self._wide_pays(wide, wide_s, narrow_s))]
-        known = [group for group in groups if group[1] == group[1] and group[2] == group[2]]  # not NaN
+        known = [group for group in groups if math.isfinite(group[1]) and math.isfinite(group[2])]
         for wide, wide_s, narrow_s, idle in known:  # the task goes to one group: each sees its share
             offered = self._offered.setdefault(wide.name, [0.0, 0.0, 0.0])
             offered[0] += wide_s / len(known)
@@ -406,7 +406,7 @@ class Dmda(Policy):
         predicted = task.predicted_s
         if task.id in self._calibrating:  # its length was a guess, not this worker's prediction
             self._calibrating.discard(task.id)
-        elif duration_s > 0 and predicted > 0 and predicted != math.inf:  # it ran, and was predicted
+        elif task.state is TaskState.DONE and duration_s > 0 and 0 < predicted < math.inf:  # ran to its end
             pace = self._pace.get(worker.name, 1.0) * (1 + PACE_WEIGHT * (duration_s / predicted - 1))
             self._pace[worker.name] = min(max(pace, PACE_LIMITS[0]), PACE_LIMITS[1])
         queued_s = self._queued_s
