@@ -158,10 +158,6 @@ class Model:
         with self._pending_lock:
             self._pending -= 1
 
-    def footprint_of(self, feeds: Mapping[str, np.ndarray]) -> str:
-        """The history footprint of a request's inputs."""
-        return self._shaped(feeds)[0]
-
     def _shaped(self, feeds: Mapping[str, np.ndarray]) -> _Shaped:
         """What a request's tasks take from its shapes alone: its footprint (the history key), and
         per part (stage, index, input bytes, where the inputs are, the workers allowed), the

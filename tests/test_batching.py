@@ -86,7 +86,7 @@ def test_the_runtime_counts_a_core_group_in_its_better_mode() -> None:
     """Wide worker 10 ms a row, narrow ones 18 ms: the group sustains 2 / 18 ms (both narrow busy);
     with wide 8 ms it is 1 / 8 ms; per batch size, from the history the runtime records."""
     from partitioner.feeds import random_values
-    from perfmodels.history import HistoryKey
+    from perfmodels.history import HistoryKey, footprint
 
     for wide_s in (0.010, 0.008):
         with Runtime(workers="1x2", policy="dmda") as runtime:
@@ -94,7 +94,7 @@ def test_the_runtime_counts_a_core_group_in_its_better_mode() -> None:
             assert math.isnan(model.rows_per_s(1))  # not calibrated: the chooser skips the size
             wide = next(w for w in runtime.specs if len(w.cores) == 2)
             for batch in (1, 2):
-                shape = model.footprint_of(random_values(model.input_values, batch))
+                shape = footprint({n: v.shape for n, v in random_values(model.input_values, batch).items()})
                 for worker in runtime.specs:
                     seconds = batch * (wide_s if worker is wide else 0.018)
                     key = HistoryKey(model.stages[0], worker.arch, shape)

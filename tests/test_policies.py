@@ -157,10 +157,10 @@ def test_wide_or_narrow_per_task_matches_the_better_static_configuration_at_ever
 @pytest.mark.parametrize("load", [0.5, 0.8, 0.9])
 def test_a_core_slower_than_its_kinds_perf_model_gets_fewer_tasks(load: float) -> None:
     """Two narrow workers share one perf model (18 ms), but n1 runs 1.5x slower (the core the
-    daemon's and the client's threads also use).  Placed at arrival, dmda must learn n1's pace and
-    count its late starts, or n1's backlog grows while n0 idles: its p99 must be within 5% of a
-    central queue's (eager hands each request to whichever worker frees first).  Without either it
-    was 4.6x at 80% load and 5.9x at 90%; with late starts counted but no pace, 1.25x and 1.17x."""
+    daemon's and the client's threads also use).  Placed at arrival, dmda must learn n1's pace, or
+    n1's backlog grows while n0 idles: its p99 must be within 5% of a central queue's (eager hands
+    each request to whichever worker frees first).  Without paces nor corrected free times it was
+    4.6x at 80% load and 5.9x at 90%; with corrected free times but no pace, 1.25x and 1.17x."""
     table = {("s", "cpu:1t"): 0.018}
 
     def truth(task: Task, worker: WorkerSpec) -> float:
