@@ -7,7 +7,7 @@ of waiting plus ``compute(N)``; the batch must also keep up with arrivals,
 latency among those that keep up (StarONNX §IV, §VI-B); the batcher flushes when
 that many rows wait, or when the oldest request has waited ``max_delay_s``.
 
-While every worker is busy (``has_capacity()`` is false) and the chooser wants
+While every worker is busy (``may_leave()`` is false) and the chooser wants
 batches for the rate seen, the batcher holds what arrives instead of queueing it
 behind the running work one request at a time: a worker that frees up then takes
 a batch of the chooser's size at once (Triton's dynamic batcher holds requests the
@@ -115,21 +115,27 @@ class DynamicBatcher:
 
     ``run_batch(feeds, rows)`` returns a future of the batch's outputs.  ``target(rate)``
     says how many rows to wait for (the batch-size chooser, or a constant).
-    ``has_capacity()`` says whether a batch launched now would start at once;
-    ``has_room()`` whether it would wait behind little work (about a task per worker).  While
-    there is no room, requests wait here and leave when a worker frees up, in a batch chosen
-    then, as Triton's batcher forms a batch when an instance frees up: a backlog pushed to the
-    scheduler at once had every batch's size and worker fixed seconds before it ran (yolov8n at
-    1.35x capacity: 38 batches of 3 committed to the wide worker on a guess of 72 ms, before one
-    of them ran, in 110 ms).  The runtime calls :meth:`poke` when either may have changed.
+    ``may_leave()`` says whether a batch smaller than the chooser's may leave now rather than
+    grow (a worker is free, or other requests already wait for room: growing is moot then).
+    ``take_turn(batcher)`` says whether a batch may go to the scheduler now (there is room
+    and nothing waits for it); if not, the batcher is queued for its turn among the other
+    models' requests, first come first served, and the runtime calls :meth:`serve_turn` when
+    the turn comes, from the thread that freed the room.  So past capacity requests wait
+    here and leave when a worker frees up, in a batch chosen then, as Triton's batcher forms
+    a batch when an instance frees up: a backlog pushed to the scheduler at once had every
+    batch's size and worker fixed seconds before it ran (yolov8n at 1.35x capacity: 38
+    batches of 3 committed to the wide worker on a guess of 72 ms, before one of them ran,
+    in 110 ms).  ``leave_turns(batcher)`` takes it out of that queue (on close).  The
+    runtime calls :meth:`poke` when a worker may have freed up.
     """
 
     RECHECK_S = 0.05  # a missed poke costs at most this much waiting
 
     def __init__(self, run_batch: Callable[[Arrays, int], Future[Arrays]], max_batch: int,
                  max_delay_s: float, clock: Clock, target: Callable[[float], int] | None = None,
-                 has_capacity: Callable[[], bool] | None = None,
-                 has_room: Callable[[], bool] | None = None) -> None:
+                 may_leave: Callable[[], bool] | None = None,
+                 take_turn: Callable[[DynamicBatcher], bool] | None = None,
+                 leave_turns: Callable[[DynamicBatcher], None] | None = None) -> None:
         if max_batch < 1 or max_delay_s < 0:
             raise ValueError(f"max_batch must be >= 1 and max_delay_s >= 0, got {max_batch}, {max_delay_s}")
         self.run_batch = run_batch
@@ -137,8 +143,10 @@ class DynamicBatcher:
         self.max_delay_s = max_delay_s
         self.clock = clock
         self.target = target or (lambda rate: max_batch)
-        self.has_capacity = has_capacity or (lambda: True)
-        self.has_room = has_room or (lambda: True)
+        self.may_leave = may_leave or (lambda: True)
+        self.take_turn = take_turn or (lambda batcher: True)
+        self.leave_turns = leave_turns or (lambda batcher: None)
+        self._turn_queued = False  # waiting for serve_turn in the runtime's queue
         self.rate = ArrivalRate(clock)
         self._queue: list[_Pending] = []
         self._rows = 0
@@ -159,10 +167,6 @@ class DynamicBatcher:
             self._cond.notify()
         return future
 
-    def backlog(self) -> bool:
-        """Whether requests wait here for room (not merely for their batch to fill)."""
-        return self._rows > 0 and not self.has_room()
-
     def poke(self) -> None:
         """Capacity may have freed up (a batch finished): look again."""
         with self._cond:
@@ -178,11 +182,14 @@ class DynamicBatcher:
     def _loop(self) -> None:
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: self._queue or self._closed)
+                self._cond.wait_for(lambda: (self._queue and not self._turn_queued) or self._closed)
+                if self._closed and self._turn_queued:  # what waits is flushed now, turn or not
+                    self.leave_turns(self)
+                    self._turn_queued = False
                 if not self._queue and self._closed:
                     return
                 want = self._wanted()
-                while not self._closed and 1 < want and self._rows < want and not self.has_capacity():
+                while not self._closed and 1 < want and self._rows < want and not self.may_leave():
                     self._cond.wait(self.RECHECK_S)  # every worker busy, and batches pay: let one grow
                     want = self._wanted()
                 deadline = self._queue[0].arrived_s + self.max_delay_s
@@ -191,16 +198,22 @@ class DynamicBatcher:
                     if remaining <= 0:
                         break
                     self._cond.wait(remaining)
-                waited = False
-                while not self._closed and not self.has_room():  # a backlog waits here (see above)
-                    self._cond.wait(self.RECHECK_S)
-                    waited = True
-                if waited:
-                    want = self._wanted()  # the size for the rate seen when the batch leaves
-                # The chooser's size; requests that piled up meanwhile leave as batches of their own,
-                # for other workers.  (A held batch once grew to max_batch: a batch the chooser had
-                # just judged worse.)
+                if not self._closed and not self.take_turn(self):
+                    self._turn_queued = True  # a backlog waits here; serve_turn launches it (see above)
+                    continue
                 batch = self._take(want)
+            self._launch(batch)
+
+    def serve_turn(self) -> None:
+        """This batcher's turn to send a batch to the scheduler (the runtime calls it once room frees
+        up for the oldest waiting request): the chooser's size for the rate seen now, launched from
+        the calling thread.  (A held batch once grew to max_batch: a batch the chooser had just
+        judged worse; requests that piled up leave as batches of their own on later turns.)"""
+        with self._cond:
+            self._turn_queued = False
+            batch = self._take(self._wanted()) if self._queue else []
+            self._cond.notify()  # the loop asks for the next turn if more wait
+        if batch:
             self._launch(batch)
 
     def _wanted(self) -> int:

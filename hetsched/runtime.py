@@ -337,8 +337,9 @@ class Runtime:
         # id(request's _JobData) -> (its future, its model), from admission to answer (a resent request
         # keeps its entry): what close() drains and unload() waits for
         self._in_flight: dict[int, tuple[Future[dict[str, np.ndarray]], Model]] = {}
-        # accepted requests waiting for room (see _admit), oldest first
-        self._held: deque[_JobData] = deque()
+        # accepted requests waiting for room (see _admit), and batchers waiting for their turn to send
+        # a batch (_take_turn), oldest first
+        self._held: deque[_JobData | DynamicBatcher] = deque()
         self._releasing = threading.local()  # whether this thread is in _release_held already
         # The hot paths take the plain lock (a C call); only close() and unload() wait, on the condition
         # over that same lock, and a finishing job notifies it only while someone waits.
@@ -423,9 +424,9 @@ class Runtime:
                                  "one by one (rows depend on each other), so requests cannot be batched "
                                  "together; load it with max_batch=1")
             loaded.batcher = DynamicBatcher(
-                lambda feeds, rows: self._submit(loaded, feeds, rows), max_batch, max_queue_delay_s,
+                lambda feeds, rows: self._submit(loaded, feeds, rows, turn=True), max_batch, max_queue_delay_s,
                 self.scheduler.clock, target=lambda rate: loaded.batch_for(rate, max_batch),
-                has_capacity=self._has_capacity, has_room=self._has_room)
+                may_leave=self._batch_may_leave, take_turn=self._take_turn, leave_turns=self._leave_turns)
         self.models[name] = loaded
         self._batchers = tuple(m.batcher for m in self.models.values() if m.batcher is not None)
         return loaded
@@ -452,31 +453,37 @@ class Runtime:
         with self._idle:  # its requests in flight (and waiting for room) finish first
             self._waiting += 1
             self._idle.wait_for(lambda: all(m is not model for _, m in self._in_flight.values())
-                                and all(data.model is not model for data in self._held), CLOSE_TIMEOUT_S)
+                                and not any(isinstance(data, _JobData) and data.model is model
+                                            for data in self._held), CLOSE_TIMEOUT_S)
             self._waiting -= 1
         still_used = {stage for other in self.models.values() for stage in other.stages}
         unused = [stage for stage in model.stages if stage not in still_used]  # a model loaded twice shares
         self.executor.unload(unused)
 
-    def _submit(self, model: Model, feeds: dict[str, np.ndarray], batch: int
+    def _submit(self, model: Model, feeds: dict[str, np.ndarray], batch: int, turn: bool = False
                 ) -> Future[dict[str, np.ndarray]]:
         future: Future[dict[str, np.ndarray]] = Future()
-        self._admit(_JobData(model, feeds, batch, future, dict(feeds)))
+        self._admit(_JobData(model, feeds, batch, future, dict(feeds)), turn)
         return future
 
-    def _admit(self, data: _JobData) -> None:
-        """Start the request's job now if there is room (:meth:`_has_room`), else hold it until a job
-        ends, first come first served: a request placed when a worker frees up is placed on what is
-        known then, where one placed at arrival behind a backlog is placed on guesses (a worker
-        that turns out slower keeps its queue while the others idle; Triton's instances take
-        requests from one queue as they free up).  Batching models wait in their batcher instead."""
+    def _admit(self, data: _JobData, turn: bool = False) -> None:
+        """Start the request's job now if there is room (:meth:`_room`) and nothing waits for it,
+        else hold it until a job ends, first come first served: a request placed when a worker
+        frees up is placed on what is known then, where one placed at arrival behind a backlog is
+        placed on guesses (a worker that turns out slower keeps its queue while the others idle;
+        Triton's instances take requests from one queue as they free up).  Batching models wait
+        in their batcher, queued in the same line (:meth:`_take_turn`); ``turn``: a batch whose
+        turn it is, which goes before everything held."""
         # One critical section decides and records: a request is always in _held or _in_flight, which
         # close() waits on, never between the two.
         with self._lock:
             self._check_open()
-            held = bool(self._held) or not self._room()
+            held = not self._room() or (bool(self._held) and not turn)
             if held:
-                self._held.append(data)
+                if turn:  # another thread took the room first: still next in line
+                    self._held.appendleft(data)
+                else:
+                    self._held.append(data)
             else:
                 self._in_flight[id(data)] = (data.future, data.model)
         if held:
@@ -498,12 +505,18 @@ class Runtime:
                     if not self._held or not self._room():
                         return
                     data = self._held.popleft()
-                    cancelled = data.future.cancelled()  # its caller gave up while it waited
-                    if not cancelled:
+                    if isinstance(data, DynamicBatcher):  # a batcher's turn: its batch comes back
+                        start = None                      # through _admit, first in line
+                    elif data.future.cancelled():  # its caller gave up while it waited
+                        start = False
+                        if self._waiting:  # close() or unload() may be waiting for the queue to empty
+                            self._idle.notify_all()
+                    else:
+                        start = True
                         self._in_flight[id(data)] = (data.future, data.model)
-                    elif self._waiting:  # close() or unload() may be waiting for the queue to empty
-                        self._idle.notify_all()
-                if not cancelled:
+                if start is None:
+                    data.serve_turn()
+                elif start:
                     self._start_job(data)
         finally:
             self._releasing.active = False
@@ -531,13 +544,29 @@ class Runtime:
                 data.future.set_exception(exc)
             self._poke_batchers()
 
-    def _has_capacity(self) -> bool:
-        """Whether a job submitted now would find a worker slot free (jobs in flight < cores in use)."""
-        return len(self._in_flight) < self._slots
+    def _batch_may_leave(self) -> bool:
+        """Whether a batcher should send what it has rather than let the batch grow: a worker slot
+        is free (jobs in flight < cores in use), or requests wait for room already, so the batch
+        waits for its turn anyway and is sized when the turn comes."""
+        return len(self._in_flight) < self._slots or bool(self._held)
 
-    def _has_room(self) -> bool:
-        """Whether a batch launched now would start its job at once (nothing held before it)."""
-        return not self._held and self._room()
+    def _take_turn(self, batcher: DynamicBatcher) -> bool:
+        """Whether ``batcher`` may send a batch now (room, and nothing waiting before it); if not, it
+        is queued behind the requests held before it, and its turn comes in ``_release_held``
+        (a batcher that waited until nothing was held starved while another model was overloaded)."""
+        with self._lock:
+            if not self._held and self._room():
+                return True
+            self._held.append(batcher)
+            return False
+
+    def _leave_turns(self, batcher: DynamicBatcher) -> None:
+        """A closing batcher flushes what it holds: its turn, if still queued, is dropped."""
+        with self._lock:
+            if batcher in self._held:
+                self._held.remove(batcher)
+            if self._waiting:
+                self._idle.notify_all()
 
     def _room(self) -> bool:
         """Whether a job started now would wait behind less than the lookahead (about one job
@@ -548,14 +577,10 @@ class Runtime:
         return not self._slots or len(self._in_flight) < LOOKAHEAD * self._slots
 
     def _backlogged(self) -> bool:
-        """Whether requests wait for room (held, or in a batcher): the scheduler's policy reads it as
-        past capacity, since what it is pushed then is the rate the workers serve, not the offered one."""
-        if self._held:
-            return True
-        for batcher in self._batchers:  # a plain loop: the policy asks on every push
-            if batcher.backlog():
-                return True
-        return False
+        """Whether requests wait for room (held, or in a batcher waiting for its turn): the scheduler's
+        policy reads it as past capacity, since what it is pushed then is the rate the workers
+        serve, not the offered one."""
+        return bool(self._held)
 
     def _poke_batchers(self) -> None:
         """Room or capacity may have freed up: waiting batches may go."""
@@ -647,7 +672,8 @@ class Runtime:
             self._waiting += 1
             drained = self._idle.wait_for(lambda: not self._in_flight and not self._held, timeout)
             self._waiting -= 1
-            stranded = [future for future, _ in self._in_flight.values()] + [d.future for d in self._held]
+            stranded = [future for future, _ in self._in_flight.values()] + [
+                d.future for d in self._held if isinstance(d, _JobData)]
             self._held.clear()
         if not drained:
             log.warning("closing with %d requests still in flight after %.0f s", len(stranded), timeout)

@@ -143,12 +143,12 @@ def test_requests_wait_while_every_worker_is_busy_then_leave_as_one_batch() -> N
     capacity = threading.Event()
     asked = threading.Event()
 
-    def has_capacity() -> bool:
+    def may_leave() -> bool:
         asked.set()
         return capacity.is_set()
 
     batcher = DynamicBatcher(doubling(launched), max_batch=8, max_delay_s=0.0, clock=MonotonicClock(),
-                             has_capacity=has_capacity)
+                             may_leave=may_leave)
     futures = [batcher.submit({"x": np.full((1, 2), i, np.float32)}, 1) for i in range(3)]
     assert asked.wait(30)
     assert launched == []  # held: no worker could take it
@@ -170,7 +170,7 @@ def test_with_every_worker_busy_requests_leave_at_the_choosers_size(
     leave, not one of 4 that the chooser had judged worse."""
     launched: list[int] = []
     batcher = DynamicBatcher(doubling(launched), max_batch=8, max_delay_s=0.0, clock=MonotonicClock(),
-                             target=lambda rate: want, has_capacity=lambda: False)
+                             target=lambda rate: want, may_leave=lambda: False)
     futures = [batcher.submit({"x": np.full((1, 2), i, np.float32)}, 1) for i in range(requests)]
     answers = [f.result(timeout=30)["y"] for f in futures]
     batcher.close()
@@ -179,29 +179,31 @@ def test_with_every_worker_busy_requests_leave_at_the_choosers_size(
         np.testing.assert_array_equal(answer, np.full((1, 2), 2 * i, np.float32))
 
 
-def test_without_room_requests_wait_and_leave_in_the_batch_chosen_when_room_frees() -> None:
+def test_without_room_requests_wait_and_leave_in_the_batch_chosen_when_their_turn_comes() -> None:
     """Past capacity the backlog waits in the batcher, not in the workers' queues: nothing leaves
-    while there is no room, and when room frees the batch is the chooser's size at that moment."""
+    while the runtime gives no turn, and when the turn comes the batch is the chooser's size at
+    that moment; the next batch asks for a turn of its own."""
     import threading
 
     launched: list[int] = []
     room = threading.Event()
-    asked = threading.Event()
+    queued = threading.Event()
     want = [1]
 
-    def has_room() -> bool:
-        answer = room.is_set()
-        asked.set()  # after reading: the first answer was no
-        return answer
+    def take_turn(batcher: DynamicBatcher) -> bool:
+        if room.is_set():
+            return True
+        queued.set()
+        return False
 
     batcher = DynamicBatcher(doubling(launched), max_batch=8, max_delay_s=0.0, clock=MonotonicClock(),
-                             target=lambda rate: want[0], has_capacity=lambda: False, has_room=has_room)
+                             target=lambda rate: want[0], may_leave=lambda: False, take_turn=take_turn)
     futures = [batcher.submit({"x": np.full((1, 2), i, np.float32)}, 1) for i in range(6)]
-    assert asked.wait(30)
-    assert launched == []  # no room: not one request went to the scheduler
+    assert queued.wait(30)
+    assert launched == []  # no turn: not one request went to the scheduler
     want[0] = 3  # meanwhile the chooser changed its mind
     room.set()
-    batcher.poke()
+    batcher.serve_turn()  # the runtime's call, from the thread that freed the room
     answers = [f.result(timeout=30)["y"] for f in futures]
     batcher.close()
     assert launched == [3, 3]

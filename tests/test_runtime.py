@@ -7,6 +7,7 @@ that received another request's rows fails the test.
 from __future__ import annotations
 
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -180,6 +181,43 @@ def test_past_capacity_requests_wait_for_room_outside_the_scheduler() -> None:
     assert 1 <= count["peak"] <= LOOKAHEAD * 1
     assert entered == futures
     for feeds, got in zip(cases, answers):
+        np.testing.assert_allclose(got["logits"], run_whole(proto, feeds)["logits"], rtol=1e-5, atol=1e-6)
+
+
+def test_a_batching_model_takes_its_turn_among_an_overloaded_models_held_requests() -> None:
+    """One core, two models: 20 requests of one that does not batch (most of them held for room),
+    then one of a model that batches, then 20 more of the first.  The batch goes to the scheduler
+    after the 20 that came before it and before the 20 that came after (first come first served
+    across models); it used to wait until nothing at all was held, so a model under steady
+    overload starved every batching model beside it."""
+    from hetsched.task import Task, WorkerSpec
+
+    proto = zoo.build("lenet5")
+    entered: list[str] = []  # the model of each job submitted to the scheduler, in order
+
+    class InScheduler:  # called under the scheduler's lock
+        def on_event(self, event: str, task: Task, worker: WorkerSpec | None, when_s: float) -> None:
+            if event == "submit":
+                entered.append(task.job.payload.model.name)
+
+    with Runtime(workers="1x1", policy="dmda", instruments=[InScheduler()]) as runtime:
+        plain = runtime.load(proto, name="plain")
+        batching = runtime.load(proto, name="batching", max_batch=4, max_queue_delay_s=0.0)
+        assert batching.batcher is not None
+        big = [random_feeds(proto, 256, seed=seed) for seed in range(40)]  # a few ms each
+        small = random_feeds(proto, 1, seed=99)
+        first = [plain.submit(feeds) for feeds in big[:20]]
+        alone = batching.submit(small)
+        deadline = time.monotonic() + 30
+        while not (batching.batcher._turn_queued or "batching" in entered):  # its turn is in line
+            assert time.monotonic() < deadline, "the batcher never asked for its turn"
+            time.sleep(0.0005)
+        later = [plain.submit(feeds) for feeds in big[20:]]
+        answers = [future.result(timeout=60) for future in first + later]
+        answer = alone.result(timeout=60)
+    assert entered == ["plain"] * 20 + ["batching"] + ["plain"] * 20
+    np.testing.assert_allclose(answer["logits"], run_whole(proto, small)["logits"], rtol=1e-5, atol=1e-6)
+    for feeds, got in zip(big, answers):
         np.testing.assert_allclose(got["logits"], run_whole(proto, feeds)["logits"], rtol=1e-5, atol=1e-6)
 
 
