@@ -173,6 +173,35 @@ def test_a_core_slower_than_its_kinds_perf_model_gets_fewer_tasks(load: float) -
     assert p99["dmda"] <= 1.05 * p99["eager"], p99
 
 
+def test_a_worker_running_late_is_expected_free_when_its_queue_really_ends() -> None:
+    """n0 (10 ms predicted) and n1 (12 ms) take three requests at t=0: a to n0, b to n1, c queued
+    behind a on n0.  a overruns (30 ms), so c starts at 30 and ends near 40.  A request arriving at
+    31 must go to n1, idle since 12 (ends at 43), not behind c on n0 (ends near 50): n0's expected
+    free time is when c will end, not the 20 ms its queue was predicted to take at t=0."""
+    n0 = WorkerSpec("n0", "cpu:a", "host:0", (0,))
+    n1 = WorkerSpec("n1", "cpu:b", "host:0", (1,))
+    table = {("s", "cpu:a"): 0.010, ("s", "cpu:b"): 0.012}
+    truth = {"a": 0.030}
+
+    def duration(task: Task, worker: WorkerSpec) -> float:
+        return truth.get(task.job.name, table[("s", worker.arch)])
+
+    clock = FakeClock()
+    executor = SimulatedExecutor(clock, duration)
+    executor.scheduler = Scheduler(make_policy("dmda"), [n0, n1], clock=clock, executor=executor,
+                                   perf=TableOracle(table))
+    done: list[Job] = []
+    jobs = {name: make_job(name, ["s"], [[]], done) for name in "abcd"}
+    for name in "abc":
+        executor.scheduler.submit(jobs[name])
+    assert [jobs[n].tasks[0].worker.name for n in "abc"] == ["n0", "n1", "n0"]
+    executor.run(until_s=0.031)
+    executor.scheduler.submit(jobs["d"])
+    executor.run()
+    late = jobs["d"].tasks[0]
+    assert late.worker is n1 and late.end_s == pytest.approx(0.043), (late.worker, late.end_s)
+
+
 def test_tail_latency_of_one_server_is_close_to_the_exact_md1_quantile() -> None:
     """Against Erlang's exact M/D/1 waiting-time distribution (service 1 s): within 15% (it errs
     low at light load, 13% at 20%; what matters is the choice it makes, tested above)."""

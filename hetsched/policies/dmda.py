@@ -60,9 +60,10 @@ while its backlog grew and the other core idled: simulated, one core 1.5x slower
 than the other at 80% and 90% load, dmda's p99 was 4.6x and 5.9x a central
 queue's; with the paces, within 3% (tests/test_policies.py), and the corrected
 free times add nothing there (alone they gave 1.25x and 1.17x).  They help where
-runs vary around the prediction instead: with lognormal run times (sigma 0.5) on
-two equal cores, p99 5-11% lower at 50-80% load, 3% higher at 90% (a throwaway
-simulation, not a test).
+runs vary around the prediction instead: a worker whose task overran is not offered
+the next arrival as if its queue ended on time (tests/test_policies.py); with
+lognormal run times (sigma 0.5) on two equal cores, p99 5-11% lower at 50-80% load,
+3% higher at 90% (a throwaway simulation, not a test).
 
 dmdas adds priorities: within one worker's queue, higher ``task.priority``
 first (the runtime gives older requests higher priority so work already in
