@@ -167,6 +167,11 @@ class DynamicBatcher:
             self._cond.notify()
         return future
 
+    @property
+    def waiting(self) -> bool:
+        """Whether requests wait here (for their batch to fill, or for a turn)."""
+        return self._rows > 0
+
     def poke(self) -> None:
         """Capacity may have freed up (a batch finished): look again."""
         with self._cond:

@@ -577,10 +577,18 @@ class Runtime:
         return not self._slots or len(self._in_flight) < LOOKAHEAD * self._slots
 
     def _backlogged(self) -> bool:
-        """Whether requests wait for room (held, or in a batcher waiting for its turn): the scheduler's
+        """Whether requests wait for room (held, or in a batcher while there is none): the scheduler's
         policy reads it as past capacity, since what it is pushed then is the rate the workers
-        serve, not the offered one."""
-        return bool(self._held)
+        serve, not the offered one.  (A batch that just left on its turn is pushed with the held
+        line perhaps empty, while the requests behind it wait in their batcher.)"""
+        if self._held:
+            return True
+        if self._room():
+            return False
+        for batcher in self._batchers:  # a plain loop: the policy asks on every push
+            if batcher.waiting:
+                return True
+        return False
 
     def _poke_batchers(self) -> None:
         """Room or capacity may have freed up: waiting batches may go."""
