@@ -15,7 +15,12 @@ throughputs (2 / one-thread latency).  The scheduler's overhead per task on a ti
 model has a bench of its own, bench/task_overhead.py.  Writes
 bench/results/runtime_vs_ort.json, a PNG and its section of RESULTS.md.
 
-    python bench/runtime_vs_ort.py [--models resnet50,googlenet,vit-tiny] [--seconds 3] [--min-requests 100]
+With ``--rounds N`` every configuration is swept N times, the configurations interleaved
+within each round (the machine's speed drifts by 2x within an hour: one sweep after another
+compared hours, not servers); cells are medians over the rounds, p99's range in brackets, and
+each hetsched configuration is counted against the better plain-ORT configuration cell by cell.
+
+    python bench/runtime_vs_ort.py [--models resnet50,googlenet,vit-tiny] [--seconds 3] [--min-requests 100] [--rounds 1]
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import argparse
 import json
 import platform
 import queue
+import statistics
 import sys
 import threading
 import time
@@ -139,6 +145,34 @@ def configurations(proto: Any, feeds: dict[str, np.ndarray]) -> list[tuple[str, 
             ("hetsched 80/20", hetsched("auto", True, (0.8, 0.2)))]
 
 
+def sweep_points(submit: Submit, feeds: dict[str, np.ndarray], limit: float, label: str,
+                 args: argparse.Namespace) -> list[dict[str, Any]]:
+    points = []
+    for poisson in (False, True):
+        for fraction in FRACTIONS:
+            rate = fraction * limit
+            count = max(args.min_requests, int(rate * args.seconds))
+            point = open_loop(submit, feeds, rate, count, poisson)
+            point.update({"fraction": fraction, "poisson": poisson})
+            points.append(point)
+            print(f"  {label:15} {'poisson' if poisson else 'constant':8} {fraction:4.2f}: "
+                  f"p50 {point['p50_ms']:7.1f} p99 {point['p99_ms']:8.1f} ms, "
+                  f"{point['throughput']:6.1f} req/s", flush=True)
+    return points
+
+
+def over_rounds(rounds: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Per (arrivals, fraction): the medians over the rounds, and p99's range."""
+    combined = []
+    for same in zip(*rounds):
+        point = {key: same[0][key] for key in ("rate", "fraction", "poisson")}
+        for key in ("p50_ms", "p90_ms", "p99_ms", "throughput"):
+            point[key] = statistics.median(p[key] for p in same)
+        point["p99_range_ms"] = [min(p["p99_ms"] for p in same), max(p["p99_ms"] for p in same)]
+        combined.append(point)
+    return combined
+
+
 def measure_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     proto = zoo.build(name)
     feeds = random_feeds(proto, 1)
@@ -146,31 +180,34 @@ def measure_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     limit = 2 / one_thread_s
     print(f"{name}: 1-thread latency {one_thread_s * 1e3:.1f} ms, machine limit {limit:.1f} req/s",
           flush=True)
-    results: dict[str, Any] = {"limit_per_s": limit, "one_thread_ms": one_thread_s * 1e3, "configs": {}}
-    for label, make in configurations(proto, feeds):
-        if args.configs and label not in args.configs.split(","):
-            continue
-        server, submit = make()
-        points = []
-        for poisson in (False, True):
-            for fraction in FRACTIONS:
-                rate = fraction * limit
-                count = max(args.min_requests, int(rate * args.seconds))
-                point = open_loop(submit, feeds, rate, count, poisson)
-                point.update({"fraction": fraction, "poisson": poisson})
-                points.append(point)
-                print(f"  {label:15} {'poisson' if poisson else 'constant':8} {fraction:4.2f}: "
-                      f"p50 {point['p50_ms']:7.1f} p99 {point['p99_ms']:8.1f} ms, "
-                      f"{point['throughput']:6.1f} req/s", flush=True)
-        server.close()
-        results["configs"][label] = points
-    return results
+    chosen = [(label, make) for label, make in configurations(proto, feeds)
+              if not args.configs or label in args.configs.split(",")]
+    rounds: dict[str, list[list[dict[str, Any]]]] = {label: [] for label, _ in chosen}
+    for round_ in range(args.rounds):
+        if args.rounds > 1:
+            print(f" round {round_ + 1}/{args.rounds}", flush=True)
+        for label, make in chosen:
+            server, submit = make()
+            rounds[label].append(sweep_points(submit, feeds, limit, label, args))
+            server.close()
+    return {"limit_per_s": limit, "one_thread_ms": one_thread_s * 1e3,
+            "configs": {label: over_rounds(sweeps) for label, sweeps in rounds.items()}, "rounds": rounds}
+
+
+def wins_over_plain(configs: dict[str, list[dict[str, Any]]], label: str) -> tuple[int, int]:
+    """At how many cells ``label``'s p99 was at or below the better plain-ORT configuration's."""
+    plain = [points for other, points in configs.items() if other.startswith("ort")]
+    if not plain:
+        return 0, 0
+    cells = list(zip(configs[label], *plain))
+    return sum(ours["p99_ms"] <= min(p["p99_ms"] for p in rivals) for ours, *rivals in cells), len(cells)
 
 
 def markdown(results: dict[str, Any], args: argparse.Namespace) -> str:
+    rounds = f" --rounds {args.rounds}" if args.rounds > 1 else ""
     lines = ["## hetsched vs plain ONNX Runtime (bench/runtime_vs_ort.py)", "",
              f"`python bench/runtime_vs_ort.py --seconds {args.seconds} "
-             f"--min-requests {args.min_requests}` on {date.today()}, "
+             f"--min-requests {args.min_requests}{rounds}` on {date.today()}, "
              f"{platform.node()} "
              "(2-core shared VM, no GPU). Open loop, batch 1; latency includes queueing. Rates are "
              "fractions of the machine limit (2 / one-thread latency). The scheduler's overhead per "
@@ -183,10 +220,19 @@ def markdown(results: dict[str, Any], args: argparse.Namespace) -> str:
         for label, points in model["configs"].items():
             for poisson in (False, True):
                 row = [p for p in points if p["poisson"] == poisson]
-                cells = " | ".join(f"{p['p50_ms']:.0f} / {p['p99_ms']:.0f}" for p in row)
+                cells = " | ".join(f"{p['p50_ms']:.0f} / {p['p99_ms']:.0f}" + (
+                    " [{:.0f}–{:.0f}]".format(*p["p99_range_ms"]) if args.rounds > 1 else "") for p in row)
                 best = max(p["throughput"] for p in row)
                 lines.append(f"| {label} | {'poisson' if poisson else 'constant'} | {cells} | {best:.1f} |")
-        lines += ["", "Cells: p50 / p99 latency in ms at each fraction of the limit.", ""]
+        over = "medians over the rounds, p99's range in brackets; " if args.rounds > 1 else ""
+        lines += ["", f"Cells: p50 / p99 latency in ms at each fraction of the limit ({over}best "
+                  "throughput in req/s).", ""]
+        for label in model["configs"]:
+            wins, cells = wins_over_plain(model["configs"], label)
+            if label.startswith("hetsched") and cells:
+                lines.append(f"- {label}: p99 at or below the better plain-ORT configuration's at "
+                             f"{wins}/{cells} cells.")
+        lines.append("")
     lines += ["![latency vs throughput](results/runtime_vs_ort.png)", ""]
     return "\n".join(lines)
 
@@ -219,11 +265,15 @@ def main() -> int:
                         help="per rate point at least (a p99 of fewer requests is their maximum)")
     parser.add_argument("--configs", default="", help="only these configurations, comma-separated; "
                         "written to a section of their own (e.g. 'ort 1x2t,hetsched auto')")
+    parser.add_argument("--section", default="", help="RESULTS.md section (and results/ file stem) to "
+                        "write; default runtime_vs_ort, or runtime_vs_ort_subset with --configs")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="sweeps per configuration, interleaved; cells are medians over them")
     args = parser.parse_args()
     results = {name: measure_model(name, args) for name in args.models.split(",")}
     out = HERE / "results"
     out.mkdir(exist_ok=True)
-    stem = "runtime_vs_ort" + ("_subset" if args.configs else "")
+    stem = args.section or "runtime_vs_ort" + ("_subset" if args.configs else "")
     (out / f"{stem}.json").write_text(json.dumps({"models": results}, indent=1))
     plot(results, out / f"{stem}.png")
     text = markdown(results, args).replace("results/runtime_vs_ort.png", f"results/{stem}.png")
@@ -231,6 +281,8 @@ def main() -> int:
         label = f"(bench/runtime_vs_ort.py, configs: {args.configs})"
         text = text.replace("(bench/runtime_vs_ort.py)", label)
         text = text.replace("--seconds", f"--configs '{args.configs}' --seconds")
+    if args.models != parser.get_default("models"):
+        text = text.replace("--seconds", f"--models {args.models} --seconds")
     write_section(text, HERE / "RESULTS.md", marker=stem)
     return 0
 
