@@ -30,6 +30,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -113,25 +114,25 @@ class ArrivalRate:
 class DynamicBatcher:
     """Collects requests of one model and runs them as batches through ``run_batch``.
 
-    ``run_batch(feeds, rows)`` returns a future of the batch's outputs.  ``target(rate)``
-    says how many rows to wait for (the batch-size chooser, or a constant).
-    ``may_leave()`` says whether a batch smaller than the chooser's may leave now rather than
+    ``run_batch(feeds, rows, turn)`` returns a future of the batch's outputs (``turn``: what
+    :meth:`serve_turn` was given, else None).  ``target(rate)`` says how many rows to wait for
+    (the batch-size chooser, or a constant).  ``may_leave()`` says whether a batch smaller than the chooser's may leave now rather than
     grow (a worker is free, or other requests already wait for room: growing is moot then).
     ``take_turn(batcher)`` says whether a batch may go to the scheduler now (there is room
     and nothing waits for it); if not, the batcher is queued for its turn among the other
-    models' requests, first come first served, and the runtime calls :meth:`serve_turn` when
-    the turn comes, from the thread that freed the room.  So past capacity requests wait
-    here and leave when a worker frees up, in a batch chosen then, as Triton's batcher forms
-    a batch when an instance frees up: a backlog pushed to the scheduler at once had every
-    batch's size and worker fixed seconds before it ran (yolov8n at 1.35x capacity: 38
-    batches of 3 committed to the wide worker on a guess of 72 ms, before one of them ran,
-    in 110 ms).  ``leave_turns(batcher)`` takes it out of that queue (on close).  The
+    models' requests, first come first served, and when the turn comes the runtime calls
+    :meth:`serve_turn` with the room it kept for it, from the thread that freed the room.  So
+    past capacity requests wait here and leave when a worker frees up, in a batch chosen then,
+    as Triton's batcher forms a batch when an instance frees up: a backlog pushed to the
+    scheduler at once had every batch's size and worker fixed seconds before it ran (yolov8n at
+    1.35x capacity: 38 batches of 3 committed to the wide worker on a guess of 72 ms, before one
+    of them ran, in 110 ms).  ``leave_turns(batcher)`` takes it out of that queue (on close).  The
     runtime calls :meth:`poke` when a worker may have freed up.
     """
 
     RECHECK_S = 0.05  # a missed poke costs at most this much waiting
 
-    def __init__(self, run_batch: Callable[[Arrays, int], Future[Arrays]], max_batch: int,
+    def __init__(self, run_batch: Callable[[Arrays, int, Any], Future[Arrays]], max_batch: int,
                  max_delay_s: float, clock: Clock, target: Callable[[float], int] | None = None,
                  may_leave: Callable[[], bool] | None = None,
                  take_turn: Callable[[DynamicBatcher], bool] | None = None,
@@ -209,17 +210,22 @@ class DynamicBatcher:
                 batch = self._take(want)
             self._launch(batch)
 
-    def serve_turn(self) -> None:
+    def serve_turn(self, turn: Any) -> None:
         """This batcher's turn to send a batch to the scheduler (the runtime calls it once room frees
-        up for the oldest waiting request): the chooser's size for the rate seen now, launched from
-        the calling thread.  (A held batch once grew to max_batch: a batch the chooser had just
-        judged worse; requests that piled up leave as batches of their own on later turns.)"""
+        up and this batcher is first in line; ``turn`` is that room, handed to ``run_batch``): the
+        chooser's size for the rate seen now, launched from the calling thread.  (A held batch once
+        grew to max_batch: a batch the chooser had just judged worse; requests that piled up leave
+        as batches of their own on later turns.)"""
+        batch: list[_Pending] = []
         with self._cond:
-            self._turn_queued = False
-            batch = self._take(self._wanted()) if self._queue else []
-            self._cond.notify()  # the loop asks for the next turn if more wait
+            try:
+                self._turn_queued = False
+                if self._queue:
+                    batch = self._take(self._wanted())
+            finally:
+                self._cond.notify()  # the loop asks for the next turn if more wait
         if batch:
-            self._launch(batch)
+            self._launch(batch, turn)
 
     def _wanted(self) -> int:
         """Rows to wait for at the rate seen now (the chooser's answer, within 1..max_batch)."""
@@ -236,7 +242,7 @@ class DynamicBatcher:
         self._rows -= rows
         return taken
 
-    def _launch(self, batch: list[_Pending]) -> None:
+    def _launch(self, batch: list[_Pending], turn: Any = None) -> None:
         rows = sum(p.rows for p in batch)
         self.batches.append(rows)
         try:
@@ -244,7 +250,7 @@ class DynamicBatcher:
                 feeds = batch[0].feeds
             else:
                 feeds = {name: np.concatenate([p.feeds[name] for p in batch]) for name in batch[0].feeds}
-            future = self.run_batch(feeds, rows)
+            future = self.run_batch(feeds, rows, turn)
         except Exception as exc:  # e.g. the runtime closed: every request hears of it
             for pending in batch:
                 _settle(pending.future, error=exc)

@@ -340,6 +340,7 @@ class Runtime:
         # accepted requests waiting for room (see _admit), and batchers waiting for their turn to send
         # a batch (_take_turn), oldest first
         self._held: deque[_JobData | DynamicBatcher] = deque()
+        self._turns = 0  # room kept for batchers whose turn came, until their batch is admitted
         self._releasing = threading.local()  # whether this thread is in _release_held already
         # The hot paths take the plain lock (a C call); only close() and unload() wait, on the condition
         # over that same lock, and a finishing job notifies it only while someone waits.
@@ -424,7 +425,7 @@ class Runtime:
                                  "one by one (rows depend on each other), so requests cannot be batched "
                                  "together; load it with max_batch=1")
             loaded.batcher = DynamicBatcher(
-                lambda feeds, rows: self._submit(loaded, feeds, rows, turn=True), max_batch, max_queue_delay_s,
+                lambda feeds, rows, turn: self._submit(loaded, feeds, rows, turn), max_batch, max_queue_delay_s,
                 self.scheduler.clock, target=lambda rate: loaded.batch_for(rate, max_batch),
                 may_leave=self._batch_may_leave, take_turn=self._take_turn, leave_turns=self._leave_turns)
         self.models[name] = loaded
@@ -454,36 +455,39 @@ class Runtime:
             self._waiting += 1
             self._idle.wait_for(lambda: all(m is not model for _, m in self._in_flight.values())
                                 and not any(isinstance(data, _JobData) and data.model is model
-                                            for data in self._held), CLOSE_TIMEOUT_S)
+                                            for data in self._held)
+                                and not self._turns, CLOSE_TIMEOUT_S)  # a batch being formed may be its own
             self._waiting -= 1
         still_used = {stage for other in self.models.values() for stage in other.stages}
         unused = [stage for stage in model.stages if stage not in still_used]  # a model loaded twice shares
         self.executor.unload(unused)
 
-    def _submit(self, model: Model, feeds: dict[str, np.ndarray], batch: int, turn: bool = False
+    def _submit(self, model: Model, feeds: dict[str, np.ndarray], batch: int, turn: _Turn | None = None
                 ) -> Future[dict[str, np.ndarray]]:
         future: Future[dict[str, np.ndarray]] = Future()
         self._admit(_JobData(model, feeds, batch, future, dict(feeds)), turn)
         return future
 
-    def _admit(self, data: _JobData, turn: bool = False) -> None:
+    def _admit(self, data: _JobData, turn: _Turn | None = None) -> None:
         """Start the request's job now if there is room (:meth:`_room`) and nothing waits for it,
         else hold it until a job ends, first come first served: a request placed when a worker
         frees up is placed on what is known then, where one placed at arrival behind a backlog is
         placed on guesses (a worker that turns out slower keeps its queue while the others idle;
         Triton's instances take requests from one queue as they free up).  Batching models wait
-        in their batcher, queued in the same line (:meth:`_take_turn`); ``turn``: a batch whose
-        turn it is, which goes before everything held."""
-        # One critical section decides and records: a request is always in _held or _in_flight, which
-        # close() waits on, never between the two.
+        in their batcher, queued in the same line (:meth:`_take_turn`); ``turn``: the room kept
+        for a batch whose turn came, which it takes now."""
+        # One critical section decides and records: a request is always in _held or _in_flight (or,
+        # as a batch being formed, in the room kept for its turn), which close() waits on, never
+        # between them.
         with self._lock:
-            self._check_open()
-            held = not self._room() or (bool(self._held) and not turn)
+            if turn is not None:  # kept before any close(), which waits for it
+                self._use_turn(turn)
+                held = False
+            else:
+                self._check_open()
+                held = bool(self._held) or not self._room()
             if held:
-                if turn:  # another thread took the room first: still next in line
-                    self._held.appendleft(data)
-                else:
-                    self._held.append(data)
+                self._held.append(data)
             else:
                 self._in_flight[id(data)] = (data.future, data.model)
         if held:
@@ -505,17 +509,18 @@ class Runtime:
                     if not self._held or not self._room():
                         return
                     data = self._held.popleft()
-                    if isinstance(data, DynamicBatcher):  # a batcher's turn: its batch comes back
-                        start = None                      # through _admit, first in line
+                    batcher, start = None, False
+                    if isinstance(data, DynamicBatcher):  # its turn: the room is kept for the batch
+                        batcher, turn = data, _Turn()     # it forms now, until _admit takes it
+                        self._turns += 1
                     elif data.future.cancelled():  # its caller gave up while it waited
-                        start = False
                         if self._waiting:  # close() or unload() may be waiting for the queue to empty
                             self._idle.notify_all()
                     else:
                         start = True
                         self._in_flight[id(data)] = (data.future, data.model)
-                if start is None:
-                    data.serve_turn()
+                if batcher is not None:
+                    self._serve_turn(batcher, turn)
                 elif start:
                     self._start_job(data)
         finally:
@@ -548,7 +553,7 @@ class Runtime:
         """Whether a batcher should send what it has rather than let the batch grow: a worker slot
         is free (jobs in flight < cores in use), or requests wait for room already, so the batch
         waits for its turn anyway and is sized when the turn comes."""
-        return len(self._in_flight) < self._slots or bool(self._held)
+        return len(self._in_flight) + self._turns < self._slots or bool(self._held)
 
     def _take_turn(self, batcher: DynamicBatcher) -> bool:
         """Whether ``batcher`` may send a batch now (room, and nothing waiting before it); if not, it
@@ -559,6 +564,24 @@ class Runtime:
                 return True
             self._held.append(batcher)
             return False
+
+    def _serve_turn(self, batcher: DynamicBatcher, turn: _Turn) -> None:
+        """Let ``batcher`` send its batch into the room kept for it; room it did not use is freed."""
+        try:
+            batcher.serve_turn(turn)
+        except Exception:  # the job whose end freed the room must still be answered
+            log.exception("the batcher of a model failed to form its batch")
+        finally:
+            with self._lock:
+                self._use_turn(turn)
+
+    def _use_turn(self, turn: _Turn) -> None:
+        """(Under the lock.)  The room kept for ``turn`` is taken (by its batch) or given up, once."""
+        if not turn.used:
+            turn.used = True
+            self._turns -= 1
+            if self._waiting:
+                self._idle.notify_all()
 
     def _leave_turns(self, batcher: DynamicBatcher) -> None:
         """A closing batcher flushes what it holds: its turn, if still queued, is dropped."""
@@ -574,7 +597,7 @@ class Runtime:
         then fails at once rather than wait for one).  The lookahead keeps every worker fed (and
         prefetching) while placements and batch sizes are still decided on what is known when
         they run; past it, requests wait in their batcher or the admission queue."""
-        return not self._slots or len(self._in_flight) < LOOKAHEAD * self._slots
+        return not self._slots or len(self._in_flight) + self._turns < LOOKAHEAD * self._slots
 
     def _backlogged(self) -> bool:
         """Whether requests wait for room (held, or in a batcher while there is none): the scheduler's
@@ -678,7 +701,8 @@ class Runtime:
                 return
             self._closed = True
             self._waiting += 1
-            drained = self._idle.wait_for(lambda: not self._in_flight and not self._held, timeout)
+            drained = self._idle.wait_for(lambda: not self._in_flight and not self._held and not self._turns,
+                                          timeout)
             self._waiting -= 1
             stranded = [future for future, _ in self._in_flight.values()] + [
                 d.future for d in self._held if isinstance(d, _JobData)]
@@ -697,6 +721,13 @@ class Runtime:
 # a request's footprint, and per part: stage, index, input bytes, input nodes, allowed workers
 _PartFields = tuple[str, int, dict[str, int], dict[str, frozenset[str]], frozenset[str] | None]
 _Shaped = tuple[str, tuple[_PartFields, ...]]
+
+
+@dataclass(eq=False)
+class _Turn:
+    """The room kept for one batcher's turn (see Runtime._release_held), taken or given up once."""
+
+    used: bool = False
 
 
 @dataclass

@@ -127,7 +127,7 @@ def test_a_model_whose_outputs_ignore_the_batch_cannot_be_batched() -> None:
 
 def doubling(launched: list[int]) -> Callable[[dict[str, np.ndarray], int], Future]:
     """A ``run_batch`` answering at once with twice the input; records each batch's rows."""
-    def run_batch(feeds: dict[str, np.ndarray], rows: int) -> Future:
+    def run_batch(feeds: dict[str, np.ndarray], rows: int, turn: object = None) -> Future:
         launched.append(rows)
         done: Future = Future()
         done.set_result({"y": feeds["x"] * 2})
@@ -203,7 +203,7 @@ def test_without_room_requests_wait_and_leave_in_the_batch_chosen_when_their_tur
     assert launched == []  # no turn: not one request went to the scheduler
     want[0] = 3  # meanwhile the chooser changed its mind
     room.set()
-    batcher.serve_turn()  # the runtime's call, from the thread that freed the room
+    batcher.serve_turn(object())  # the runtime's call, from the thread that freed the room
     answers = [f.result(timeout=30)["y"] for f in futures]
     batcher.close()
     assert launched == [3, 3]
