@@ -21,7 +21,6 @@ import logging
 import math
 import os
 import threading
-from collections import deque
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from hetsched.admission import Lines
 from hetsched.batching import DynamicBatcher, choose_batch
 from hetsched.clock import MonotonicClock
 from hetsched.errors import (
@@ -338,8 +338,8 @@ class Runtime:
         # keeps its entry): what close() drains and unload() waits for
         self._in_flight: dict[int, tuple[Future[dict[str, np.ndarray]], Model]] = {}
         # accepted requests waiting for room (see _admit), and batchers waiting for their turn to send
-        # a batch (_take_turn), oldest first
-        self._held: deque[_JobData | DynamicBatcher] = deque()
+        # a batch (_take_turn): a line per model, the models served in turn
+        self._held: Lines[_JobData | DynamicBatcher] = Lines()
         self._turns = 0  # room kept for batchers whose turn came, until their batch is admitted
         self._releasing = threading.local()  # whether this thread is in _release_held already
         # The hot paths take the plain lock (a C call); only close() and unload() wait, on the condition
@@ -427,7 +427,8 @@ class Runtime:
             loaded.batcher = DynamicBatcher(
                 lambda feeds, rows, turn: self._submit(loaded, feeds, rows, turn), max_batch, max_queue_delay_s,
                 self.scheduler.clock, target=lambda rate: loaded.batch_for(rate, max_batch),
-                may_leave=self._batch_may_leave, take_turn=self._take_turn, leave_turns=self._leave_turns)
+                may_leave=self._batch_may_leave, take_turn=lambda batcher: self._take_turn(loaded, batcher),
+                leave_turns=lambda batcher: self._leave_turns(loaded, batcher))
         self.models[name] = loaded
         self._batchers = tuple(m.batcher for m in self.models.values() if m.batcher is not None)
         return loaded
@@ -470,12 +471,13 @@ class Runtime:
 
     def _admit(self, data: _JobData, turn: _Turn | None = None) -> None:
         """Start the request's job now if there is room (:meth:`_room`) and nothing waits for it,
-        else hold it until a job ends, first come first served: a request placed when a worker
+        else hold it until a job ends, in its model's line (first come first served within a
+        model, the models in turn: :mod:`hetsched.admission`): a request placed when a worker
         frees up is placed on what is known then, where one placed at arrival behind a backlog is
         placed on guesses (a worker that turns out slower keeps its queue while the others idle;
         Triton's instances take requests from one queue as they free up).  Batching models wait
-        in their batcher, queued in the same line (:meth:`_take_turn`); ``turn``: the room kept
-        for a batch whose turn came, which it takes now."""
+        in their batcher, which takes its place in its model's line (:meth:`_take_turn`);
+        ``turn``: the room kept for a batch whose turn came, which it takes now."""
         # One critical section decides and records: a request is always in _held or _in_flight (or,
         # as a batch being formed, in the room kept for its turn), which close() waits on, never
         # between them.
@@ -487,7 +489,7 @@ class Runtime:
                 self._check_open()
                 held = bool(self._held) or not self._room()
             if held:
-                self._held.append(data)
+                self._held.append(data.model, data)
             else:
                 self._in_flight[id(data)] = (data.future, data.model)
         if held:
@@ -555,14 +557,14 @@ class Runtime:
         waits for its turn anyway and is sized when the turn comes."""
         return len(self._in_flight) + self._turns < self._slots or bool(self._held)
 
-    def _take_turn(self, batcher: DynamicBatcher) -> bool:
-        """Whether ``batcher`` may send a batch now (room, and nothing waiting before it); if not, it
-        is queued behind the requests held before it, and its turn comes in ``_release_held``
-        (a batcher that waited until nothing was held starved while another model was overloaded)."""
+    def _take_turn(self, model: Model, batcher: DynamicBatcher) -> bool:
+        """Whether ``batcher`` may send a batch now (room, and nothing waiting); if not, it takes its
+        place in its model's line and its turn comes in ``_release_held`` (a batcher that waited
+        until nothing was held starved while another model was overloaded)."""
         with self._lock:
             if not self._held and self._room():
                 return True
-            self._held.append(batcher)
+            self._held.append(model, batcher)
             return False
 
     def _serve_turn(self, batcher: DynamicBatcher, turn: _Turn) -> None:
@@ -583,11 +585,10 @@ class Runtime:
             if self._waiting:
                 self._idle.notify_all()
 
-    def _leave_turns(self, batcher: DynamicBatcher) -> None:
+    def _leave_turns(self, model: Model, batcher: DynamicBatcher) -> None:
         """A closing batcher flushes what it holds: its turn, if still queued, is dropped."""
         with self._lock:
-            if batcher in self._held:
-                self._held.remove(batcher)
+            self._held.remove(model, batcher)
             if self._waiting:
                 self._idle.notify_all()
 

@@ -184,21 +184,22 @@ def test_past_capacity_requests_wait_for_room_outside_the_scheduler() -> None:
         np.testing.assert_allclose(got["logits"], run_whole(proto, feeds)["logits"], rtol=1e-5, atol=1e-6)
 
 
-def test_a_batching_model_takes_its_turn_among_an_overloaded_models_held_requests() -> None:
+def test_a_light_batching_model_is_served_in_turn_beside_an_overloaded_one() -> None:
     """One core, two models: 20 requests of one that does not batch (most of them held for room),
-    then one of a model that batches, then 20 more of the first.  The batch goes to the scheduler
-    after the 20 that came before it and before the 20 that came after (first come first served
-    across models); it used to wait until nothing at all was held, so a model under steady
-    overload starved every batching model beside it."""
+    then one of a model that batches, then 20 more of the first.  The models are served in turn,
+    so the batch goes to the scheduler within a job or two of its arrival, not after the
+    backlog before it (one line for both models: 20th) nor after every request (the batcher used
+    to wait until nothing at all was held: 40th); the first model's requests keep their order."""
     from hetsched.task import Task, WorkerSpec
 
     proto = zoo.build("lenet5")
-    entered: list[str] = []  # the model of each job submitted to the scheduler, in order
+    entered: list[object] = []  # the model of each job submitted to the scheduler, in order
 
     class InScheduler:  # called under the scheduler's lock
         def on_event(self, event: str, task: Task, worker: WorkerSpec | None, when_s: float) -> None:
             if event == "submit":
-                entered.append(task.job.payload.model.name)
+                data = task.job.payload
+                entered.append("batching" if data.model.name == "batching" else data.future)
 
     with Runtime(workers="1x1", policy="dmda", instruments=[InScheduler()]) as runtime:
         plain = runtime.load(proto, name="plain")
@@ -207,13 +208,15 @@ def test_a_batching_model_takes_its_turn_among_an_overloaded_models_held_request
         small = random_feeds(proto, 1, seed=99)
         first = [plain.submit(feeds) for feeds in big[:20]]
         alone = batching.submit(small)
-        time.sleep(0.05)  # the batcher's thread sees the request (and the line) meanwhile
+        time.sleep(0.05)  # the batcher's thread sees the request (and the lines) meanwhile
         if first[-1].done():
             pytest.skip("the first 20 requests were answered before the others came: no overload")
         later = [plain.submit(feeds) for feeds in big[20:]]
         answers = [future.result(timeout=60) for future in first + later]
         answer = alone.result(timeout=60)
-    assert entered == ["plain"] * 20 + ["batching"] + ["plain"] * 20
+    position = entered.index("batching")
+    assert position < 20, f"the batch entered {position}th, after the backlog before it"
+    assert [e for e in entered if e != "batching"] == first + later
     np.testing.assert_allclose(answer["logits"], run_whole(proto, small)["logits"], rtol=1e-5, atol=1e-6)
     for feeds, got in zip(big, answers):
         np.testing.assert_allclose(got["logits"], run_whole(proto, feeds)["logits"], rtol=1e-5, atol=1e-6)
