@@ -116,12 +116,13 @@ class DynamicBatcher:
 
     ``run_batch(feeds, rows, turn)`` returns a future of the batch's outputs (``turn``: what
     :meth:`serve_turn` was given, else None).  ``target(rate)`` says how many rows to wait for
-    (the batch-size chooser, or a constant).  ``may_leave()`` says whether a batch smaller than the chooser's may leave now rather than
-    grow (a worker is free, or other requests already wait for room: growing is moot then).
-    ``take_turn(batcher)`` says whether a batch may go to the scheduler now (there is room
-    and nothing waits for it); if not, the batcher is queued for its turn among the other
-    models' requests, first come first served, and when the turn comes the runtime calls
-    :meth:`serve_turn` with the room it kept for it, from the thread that freed the room.  So
+    (the batch-size chooser, or a constant).  ``may_leave()`` says whether a batch smaller than
+    the chooser's may leave now rather than grow (a worker is free, or other requests already
+    wait for room: growing is moot then).  ``take_turn(batcher)`` says whether a batch may go to
+    the scheduler now (there is room and nothing waits for it); if not, the batcher takes its
+    place in its model's admission line (:mod:`hetsched.admission`), and when the turn comes
+    the runtime calls :meth:`serve_turn` with the room it kept for it, from the thread that
+    freed the room.  So
     past capacity requests wait here and leave when a worker frees up, in a batch chosen then,
     as Triton's batcher forms a batch when an instance frees up: a backlog pushed to the
     scheduler at once had every batch's size and worker fixed seconds before it ran (yolov8n at
