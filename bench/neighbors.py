@@ -10,7 +10,8 @@ model's backlog is gone.  Per model: answers per second, p50 and p99, errors, me
 checkout's code (DIR first on its PYTHONPATH), for a before/after in one run.  Writes
 bench/results/neighbors.json and its section of bench/RESULTS.md.
 
-    PYTHONPATH=.:bench python bench/neighbors.py [--big-rate 57] [--small-rate 20] [--seconds 10] [--rounds 3] [--compare-with DIR]
+    PYTHONPATH=.:bench python bench/neighbors.py [--big-rate 57] [--small-rate 20] [--seconds 10] \
+        [--rounds 3] [--compare-with DIR]
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ def report(rows: dict[str, dict[str, dict[str, Any]]], args: argparse.Namespace)
     command = (f"`PYTHONPATH=.:bench python bench/neighbors.py --big-rate {args.big_rate:g} --small-rate "
                f"{args.small_rate:g} --seconds {args.seconds:g} --rounds {args.rounds}"
                + (f" --compare-with {args.compare_with}" if args.compare_with else "") + "`")
-    lines = [f"## A batching model beside an overloaded one (bench/neighbors.py)", "",
+    lines = ["## A batching model beside an overloaded one (bench/neighbors.py)", "",
              f"{command} on {platform.node()} ({os.cpu_count()} cores, no GPU), {date.today()}. One daemon "
              f"serves `big` (yolov8n, `max_batch_size: 0`) at {args.big_rate:g} req/s offered, more than "
              f"the machine serves, and `small` (lenet5, default dynamic batching) at {args.small_rate:g} "
@@ -119,7 +120,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--compare-with", default="",
-                        help="another checkout's root: its code runs a daemon too, alternating round by round")
+                        help="another checkout's root: its code runs a daemon too, round by round")
     args = parser.parse_args()
     codes = {"this checkout": ROOT}
     if args.compare_with:
@@ -136,11 +137,13 @@ def main() -> int:
             runs[label].append(results)
             print(f"round {round_ + 1}/{args.rounds} {label}: "
                   + "; ".join(f"{name} {r.line()}" for name, r in results.items()), flush=True)
-    rows = {label: {name: median_row(label_runs, name) for name in MODELS} for label, label_runs in runs.items()}
+    rows = {label: {name: median_row(label_runs, name) for name in MODELS}
+            for label, label_runs in runs.items()}
     out = HERE / "results"
     out.mkdir(exist_ok=True)
     (out / "neighbors.json").write_text(json.dumps(
-        {"rows": rows, "runs": {k: [{n: asdict(r) for n, r in run.items()} for run in v] for k, v in runs.items()}},
+        {"rows": rows,
+         "runs": {k: [{n: asdict(r) for n, r in run.items()} for run in v] for k, v in runs.items()}},
         indent=1))
     write_section(report(rows, args), HERE / "RESULTS.md", marker="neighbors")
     print(report(rows, args))

@@ -20,7 +20,8 @@ within each round (the machine's speed drifts by 2x within an hour: one sweep af
 compared hours, not servers); cells are medians over the rounds, p99's range in brackets, and
 each hetsched configuration is counted against the better plain-ORT configuration cell by cell.
 
-    python bench/runtime_vs_ort.py [--models resnet50,googlenet,vit-tiny] [--seconds 3] [--min-requests 100] [--rounds 1]
+    python bench/runtime_vs_ort.py [--models resnet50,googlenet,vit-tiny] [--seconds 3] \
+        [--min-requests 100] [--rounds 1]
 """
 
 from __future__ import annotations

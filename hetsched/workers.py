@@ -11,6 +11,12 @@ so we set it ourselves.  Sessions are created at load time, never on a request.
 
 :class:`ThreadExecutor` is the scheduler's executor: ``start`` hands a task to
 its worker's inbox; the worker runs it and reports with ``scheduler.task_done``.
+A caller that will wait for its request on its own thread (``Model.infer``) runs
+the request's tasks that start while it submits itself instead (:meth:`ThreadExecutor.run_here`),
+pinned for the time of the task to its worker's first core: handing a task to a sleeping
+thread and the answer back to another costs two wake-ups, each several times the
+scheduler's own work on a small model.  The worker stays the unit of placement: its
+slot is taken, and no other task starts on it meanwhile.
 """
 
 from __future__ import annotations
@@ -83,6 +89,23 @@ class CpuWorker:
         self._inbox.put(_STOP)
         self._thread.join(timeout=30)
 
+    def run_here(self, task: Task) -> None:
+        """Run ``task`` on the calling thread, pinned to this worker's first core meanwhile (its
+        session's other threads are pinned to the other cores already), then unpinned again."""
+        if not self.spec.cores or not hasattr(os, "sched_setaffinity"):
+            self._execute(task)
+            return
+        mask = os.sched_getaffinity(0)
+        try:
+            os.sched_setaffinity(0, {self.spec.cores[0]})
+        except OSError:  # outside the caller's cpuset: run unpinned rather than not at all
+            self._execute(task)
+            return
+        try:
+            self._execute(task)
+        finally:
+            os.sched_setaffinity(0, mask)
+
     def _loop(self) -> None:
         self._pin()
         while True:
@@ -154,6 +177,14 @@ class CpuWorker:
             log.exception("%s: reporting %s failed", self.spec.name, task)
 
 
+class _Caller(threading.local):
+    """Per thread: the job whose tasks this thread runs itself (ThreadExecutor.run_here), and the
+    task of it that started last, not run yet."""
+
+    job: Job | None = None
+    task: Task | None = None
+
+
 class ThreadExecutor:
     """The platform of this machine's worker threads (CPU today; CUDA streams plug in here)."""
 
@@ -165,6 +196,7 @@ class ThreadExecutor:
         self.on_join: Callable[[WorkerSpec], None] | None = None  # a machine's workers never change
         self.on_leave: Callable[[WorkerSpec], None] | None = None
         self.bus = BusModel()  # every worker reads host memory: nothing to move
+        self._caller = _Caller()
 
     def load(self, stages: list[StageModel]) -> None:
         for future in [worker.load(stages) for worker in self.workers.values()]:
@@ -182,7 +214,34 @@ class ThreadExecutor:
         self.report(task, error)
 
     def start(self, task: Task, worker: WorkerSpec) -> None:
-        self.workers[worker.name].run(task)
+        caller = self._caller
+        if caller.job is task.job and caller.task is None:
+            caller.task = task  # run_here runs it on this thread once the scheduler lets go
+        else:
+            self.workers[worker.name].run(task)
+
+    def run_here(self, job: Job, submit: Callable[[Job], None]) -> None:
+        """``submit(job)``, then run on this thread each task of ``job`` that starts on it meanwhile
+        (at once, or when a task run here ends and the next part's worker is free); the tasks that
+        start later, on other threads, run on their workers.  Not nested: a thread already running
+        a job's tasks here submits another job plainly."""
+        caller = self._caller
+        if caller.job is not None:
+            submit(job)
+            return
+        caller.job = job
+        try:
+            submit(job)
+            while (task := caller.task) is not None:
+                caller.task = None
+                assert task.worker is not None
+                self.workers[task.worker.name].run_here(task)
+        finally:
+            caller.job = None
+            if caller.task is not None:  # started as submit raised: its worker runs it
+                task, caller.task = caller.task, None
+                assert task.worker is not None
+                self.workers[task.worker.name].run(task)
 
     def prefetch(self, task: Task, worker: WorkerSpec) -> None:
         """Host memory only so far: every input is already where a CPU worker reads it."""

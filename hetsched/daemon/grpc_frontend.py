@@ -144,7 +144,7 @@ class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     @_answering
     def ModelInfer(self, request: Any, context: Any) -> Any:
-        served, future = self._submit(request)
+        served, future = self._submit(request, run_here=True)  # this thread waits for the answer anyway
         return self._response(request, served, future.result())
 
     def ModelStreamInfer(self, requests: Iterator[Any], context: Any) -> Iterator[Any]:
@@ -184,7 +184,7 @@ class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         while (response := answers.get()) is not STREAM_END:
             yield response
 
-    def _submit(self, request: Any) -> tuple[Any, Future[Any]]:
+    def _submit(self, request: Any, run_here: bool = False) -> tuple[Any, Future[Any]]:
         served = self.service.get(request.model_name, request.model_version)
         inputs = _decode_inputs(request)
         outputs = None
@@ -194,7 +194,7 @@ class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                     "the classification extension is not supported; ask for the raw output"
                 )
             outputs = [o.name for o in request.outputs]
-        return served, self.service.submit(served, inputs, outputs)
+        return served, self.service.submit(served, inputs, outputs, run_here)
 
     @staticmethod
     def _response(request: Any, served: Any, result: dict[str, np.ndarray]) -> Any:

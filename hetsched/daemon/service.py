@@ -244,11 +244,13 @@ class InferenceService:
         served: ServedModel,
         inputs: Mapping[str, tuple[np.ndarray, str]],
         outputs: list[str] | None = None,
+        run_here: bool = False,
     ) -> Future[Arrays]:
         """Check a request's inputs (each an array and the datatype it was sent as) and queue it.
 
         The future holds the requested outputs (all when ``outputs`` is None).  Raises
-        InvalidInputError or OverloadedError before anything is queued.
+        InvalidInputError or OverloadedError before anything is queued.  ``run_here``: the caller
+        waits for the answer on this thread (Model.submit's ``run_here``).
         """
         started = time.perf_counter()
         expected = served.inputs
@@ -271,7 +273,7 @@ class InferenceService:
         try:
             if served.model.unloaded:  # a reload retired this version between lookup and submit
                 served = self.get(served.name, served.version)
-            future = served.model.submit(feeds, copy=False)  # the arrays are the request's own
+            future = served.model.submit(feeds, copy=False, run_here=run_here)  # the arrays are the request's
         except OverloadedError:
             with served.stats.lock:
                 served.stats.rejected += 1

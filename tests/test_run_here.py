@@ -1,0 +1,82 @@
+"""A caller that waits for its request on its thread (``Model.infer``) runs the request's tasks itself.
+
+Checked on real sessions wrapped by a recorder of the thread (and its cores) that calls
+``run``: the request's tasks run on the caller's thread pinned to the worker's core, the
+caller's own mask comes back afterwards, and the worker stays taken meanwhile.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+from hetsched import zoo
+from hetsched.runtime import Runtime
+from hetsched.sequential import run_whole
+from partitioner.feeds import random_feeds
+
+
+class Recorded:
+    """A real session whose ``run`` notes which thread called it, on which cores, and may wait for
+    a gate first."""
+
+    def __init__(self, session: Any, calls: list[tuple[int, set[int]]], gate: threading.Event | None = None):
+        self.session, self.calls, self.gate = session, calls, gate
+
+    def run(self, names: Any, feeds: Any) -> Any:
+        self.calls.append((threading.get_ident(), os.sched_getaffinity(0)))
+        if self.gate is not None and len(self.calls) == 1:
+            assert self.gate.wait(30)
+        return self.session.run(names, feeds)
+
+
+def record(runtime: Runtime, calls: list[tuple[int, set[int]]], gate: threading.Event | None = None) -> Any:
+    worker = runtime.executor.workers["cpu0"]  # type: ignore[attr-defined]
+    for stage, session in list(worker.sessions.items()):
+        worker.sessions[stage] = Recorded(session, calls, gate)
+    return worker
+
+
+def test_infer_runs_every_part_on_the_calling_thread_pinned_to_the_workers_core() -> None:
+    proto = zoo.build("lenet5")
+    feeds = random_feeds(proto, 2, seed=1)
+    want = run_whole(proto, feeds)["logits"]
+    mask = os.sched_getaffinity(0)
+    calls: list[tuple[int, set[int]]] = []
+    with Runtime(workers="1x1", narrow=False) as runtime:
+        model = runtime.load(proto, ratios=(0.5, 0.5))
+        worker = record(runtime, calls)
+        np.testing.assert_allclose(model.infer(feeds, timeout=30)["logits"], want, rtol=1e-5, atol=1e-6)
+        assert calls == [(threading.get_ident(), {worker.spec.cores[0]})] * 2  # both parts, in turn
+        assert os.sched_getaffinity(0) == mask  # the caller's own cores again
+        calls.clear()
+        np.testing.assert_allclose(model.submit(feeds).result(30)["logits"], want, rtol=1e-5, atol=1e-6)
+        assert [thread for thread, _ in calls] == [worker._thread.ident] * 2  # submit: the worker's thread
+
+
+def test_a_worker_running_a_callers_task_takes_no_other_until_it_ends() -> None:
+    proto = zoo.build("lenet5")
+    feeds = random_feeds(proto, 1, seed=2)
+    want = run_whole(proto, feeds)["logits"]
+    calls: list[tuple[int, set[int]]] = []
+    gate = threading.Event()
+    with Runtime(workers="1x1", narrow=False) as runtime:
+        model = runtime.load(proto)
+        worker = record(runtime, calls, gate)
+        answers: list[Any] = []
+        caller = threading.Thread(target=lambda: answers.append(model.infer(feeds, timeout=30)))
+        caller.start()
+        while not calls:  # the caller's task is running, held at the gate
+            time.sleep(0.001)
+        other = model.submit(feeds)
+        time.sleep(0.2)
+        assert len(calls) == 1 and not other.done(), "a second task started on a taken worker"
+        gate.set()
+        caller.join(30)
+        np.testing.assert_allclose(other.result(30)["logits"], want, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(answers[0]["logits"], want, rtol=1e-5, atol=1e-6)
+        assert [thread for thread, _ in calls] == [caller.ident, worker._thread.ident]
