@@ -21,7 +21,7 @@ compared hours, not servers); cells are medians over the rounds, p99's range in 
 each hetsched configuration is counted against the better plain-ORT configuration cell by cell.
 
     python bench/runtime_vs_ort.py [--models resnet50,googlenet,vit-tiny] [--seconds 3] \
-        [--min-requests 100] [--rounds 1]
+        [--min-requests 100] [--rounds 1] [--fractions 0.2,0.4,...]
 """
 
 from __future__ import annotations
@@ -150,7 +150,7 @@ def sweep_points(submit: Submit, feeds: dict[str, np.ndarray], limit: float, lab
                  args: argparse.Namespace) -> list[dict[str, Any]]:
     points = []
     for poisson in (False, True):
-        for fraction in FRACTIONS:
+        for fraction in args.fractions:
             rate = fraction * limit
             count = max(args.min_requests, int(rate * args.seconds))
             point = open_loop(submit, feeds, rate, count, poisson)
@@ -215,9 +215,9 @@ def markdown(results: dict[str, Any], args: argparse.Namespace) -> str:
              "task: section of bench/task_overhead.py.", ""]
     for name, model in results.items():
         lines += [f"### {name} (limit {model['limit_per_s']:.1f} req/s)", "",
-                  "| config | arrivals | " + " | ".join(f"{f:.2f}" for f in FRACTIONS)
+                  "| config | arrivals | " + " | ".join(f"{f:.2f}" for f in args.fractions)
                   + " | best throughput |",
-                  "|---|---|" + "---|" * len(FRACTIONS) + "---|"]
+                  "|---|---|" + "---|" * len(args.fractions) + "---|"]
         for label, points in model["configs"].items():
             for poisson in (False, True):
                 row = [p for p in points if p["poisson"] == poisson]
@@ -270,7 +270,10 @@ def main() -> int:
                         "write; default runtime_vs_ort, or runtime_vs_ort_subset with --configs")
     parser.add_argument("--rounds", type=int, default=1,
                         help="sweeps per configuration, interleaved; cells are medians over them")
+    parser.add_argument("--fractions", default=",".join(map(str, FRACTIONS)),
+                        help="offered rates, as fractions of the machine limit, comma-separated")
     args = parser.parse_args()
+    args.fractions = [float(f) for f in args.fractions.split(",")]
     results = {name: measure_model(name, args) for name in args.models.split(",")}
     out = HERE / "results"
     out.mkdir(exist_ok=True)
@@ -282,6 +285,8 @@ def main() -> int:
         label = f"(bench/runtime_vs_ort.py, configs: {args.configs})"
         text = text.replace("(bench/runtime_vs_ort.py)", label)
         text = text.replace("--seconds", f"--configs '{args.configs}' --seconds")
+    if args.fractions != [float(f) for f in parser.get_default("fractions").split(",")]:
+        text = text.replace("--seconds", f"--fractions {','.join(map(str, args.fractions))} --seconds")
     if args.models != parser.get_default("models"):
         text = text.replace("--seconds", f"--models {args.models} --seconds")
     write_section(text, HERE / "RESULTS.md", marker=stem)
