@@ -70,8 +70,10 @@ def test_a_worker_running_a_callers_task_takes_no_other_until_it_ends() -> None:
         answers: list[Any] = []
         caller = threading.Thread(target=lambda: answers.append(model.infer(feeds, timeout=30)))
         caller.start()
-        while not calls:  # the caller's task is running, held at the gate
+        deadline = time.monotonic() + 30
+        while not calls and time.monotonic() < deadline:  # until the caller's task is held at the gate
             time.sleep(0.001)
+        assert calls, "the caller's task never started"
         other = model.submit(feeds)
         time.sleep(0.2)
         assert len(calls) == 1 and not other.done(), "a second task started on a taken worker"
