@@ -172,7 +172,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         model_repository=args.model_repository, host=args.host, http_port=args.http_port,
         grpc_port=args.grpc_port, metrics_port=args.metrics_port, workers=args.workers, policy=args.policy,
         perfmodel_dir=args.perfmodel_dir, max_body_bytes=args.max_body_bytes, admin_header=args.admin_header,
-        dask_scheduler=args.dask_scheduler, trace_file=args.trace_file))
+        dask_scheduler=args.dask_scheduler, trace_file=args.trace_file, gpu_streams=args.gpu_streams))
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
@@ -188,6 +188,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--workers", default="auto",
                        help="core groups: auto, numa, socket or NxK (default auto)")
     serve.add_argument("--policy", default="dmda", help="scheduling policy (default dmda)")
+    serve.add_argument("--gpu-streams", type=_count, default=2,
+                       help="workers (CUDA streams) per GPU found, beside the core groups (default 2; "
+                       "0: no GPU); GPUs need onnxruntime-gpu")
     serve.add_argument("--perfmodel-dir", default=None,
                        help="perf-model store (default $HETSCHED_PERFMODEL_DIR or the user cache)")
     serve.add_argument("--max-body-bytes", type=_positive_int, default=1 << 30,
@@ -306,14 +309,18 @@ def _dim(text: str) -> tuple[str, int]:
     return name, int(size)
 
 
-def _positive_int(text: str) -> int:
+def _positive_int(text: str, least: int = 1) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    if value < least:
+        raise argparse.ArgumentTypeError(f"{value} must be at least {least}")
     return value
+
+
+def _count(text: str) -> int:
+    return _positive_int(text, least=0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -19,6 +19,7 @@
     ├── AccessDeniedError            a restricted request without the server's secret header (HTTP 403)
     ├── ServerError                  an error answered by a hetsched or Triton server (``.status``)
     ├── WorkerLostError              a cluster worker left holding a request's data (it is resent)
+    ├── DeviceUnavailableError       a device's execution provider did not load (a GPU without CUDA)
     ├── RemoteTaskError              a part raised on a cluster worker (the message is the remote one)
     └── InternalError                a broken invariant: a bug of ours
 
@@ -82,6 +83,10 @@ class WorkerLostError(HetschedError):
     the request to the remaining workers (a few times), then answers with this error."""
 
 
+class DeviceUnavailableError(HetschedError):
+    """A worker's device could not be used: ONNX Runtime did not enable its execution provider."""
+
+
 class RemoteTaskError(HetschedError):
     """A part raised on a cluster worker; the message carries the worker's error type and text."""
 
@@ -95,6 +100,7 @@ __all__ = [
     "ServerError",
     "TaskFailedError",
     "WorkerLostError",
+    "DeviceUnavailableError",
     "RemoteTaskError",
     "BusFormatError",
     "CalibrationUnavailable",

@@ -45,7 +45,7 @@ from hetsched.platform import CLIENT_MEMORY, Platform, StageModel, TaskIO
 from hetsched.policies import make_policy
 from hetsched.scheduler import Instrument, Scheduler
 from hetsched.task import Job, Task, WorkerSpec
-from hetsched.topology import cpu_workers, discover
+from hetsched.topology import cpu_workers, discover, discover_gpus, gpu_workers
 from hetsched.trace import TraceRecorder
 from hetsched.workers import ThreadExecutor
 from partitioner.feeds import random_feeds, random_values
@@ -312,16 +312,21 @@ class Runtime:
 
     def __init__(self, workers: str = "auto", policy: str = "dmda", narrow: bool = True,
                  perfmodel_dir: str | os.PathLike[str] | None = None, trace: bool = False,
-                 instruments: Sequence[Instrument] = (), cluster: Any = None) -> None:
-        """``cluster``: a ``distributed.Client`` or a Dask scheduler address; then the workers are the
-        cluster's (a hetsched host on each Dask worker) instead of this machine's core groups."""
+                 instruments: Sequence[Instrument] = (), cluster: Any = None, gpu_streams: int = 2) -> None:
+        """``workers``: this machine's core groups (:func:`~hetsched.topology.core_groups`), beside
+        ``gpu_streams`` workers on each GPU found (0: none; GPUs need onnxruntime-gpu).
+        ``cluster``: a ``distributed.Client`` or a Dask scheduler address; then the workers are the
+        cluster's (a hetsched host on each Dask worker) instead of this machine's."""
         self.executor: Platform
         if cluster is not None:
             from hetsched.cluster.executor import DaskExecutor
 
             self.executor = DaskExecutor(cluster, self._task_io, narrow=narrow)
         else:
-            self.executor = ThreadExecutor(cpu_workers(discover(), workers, narrow), self._run_task)
+            topology = discover()
+            gpus = discover_gpus() if gpu_streams else []
+            self.executor = ThreadExecutor(cpu_workers(topology, workers, narrow)
+                                           + gpu_workers(gpus, gpu_streams, topology), self._run_task)
         self.store = PerfModelStore(perfmodel_dir) if perfmodel_dir is not None else None
         history = self.store.load_history() if self.store else HistoryModel()
         self._recorded = HistoryModel(min_samples=history.min_samples)  # what this run learned

@@ -27,6 +27,7 @@ class WorkerSpec:
     memory_node: str  # e.g. "host:0", "cuda:0"
     cores: tuple[int, ...] = ()
     device: str = "cpu"  # "cpu", "cuda", "dpu", "remote"
+    device_index: int = 0  # which device of its kind (a GPU's CUDA number)
 
     def overlaps(self, other: WorkerSpec) -> bool:
         """Whether the two cannot run at the same time (they share a core, or are the same worker)."""

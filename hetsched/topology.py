@@ -1,6 +1,12 @@
 """The machine's processors: CPU packages, NUMA nodes and cores (from /sys and psutil), GPUs, and
 the worker layout built on them.
 
+GPUs are the CUDA devices ONNX Runtime can use: none unless its CUDA execution provider is
+available (the ``onnxruntime-gpu`` build), named by ``nvidia-smi``, renumbered as
+``CUDA_VISIBLE_DEVICES`` shows them to the process.  Each GPU yields ``streams`` workers
+(``cuda:<name>``): a session's CUDA provider runs on a stream of its own, so workers with
+their own sessions on one GPU are its streams, and the scheduler may overlap their tasks.
+
 Core groups come from the NUMA nodes (``"numa"``), the sockets (``"socket"``)
 or an explicit ``"NxK"`` (N groups of K cores).  Each group of more than one
 core yields one *wide* worker (all its cores, ``cpu:<K>t``) and K *narrow*
@@ -12,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,4 +109,53 @@ def cpu_workers(topology: Topology, spec: str = "auto", narrow: bool = True) -> 
         if narrow and len(cores) > 1:
             workers += [WorkerSpec(f"cpu{index}.{core}", "cpu:1t", memory, (core,)) for core in cores]
     log.info("workers %s: %s", spec, ", ".join(f"{w.name}={w.cores}" for w in workers))
+    return workers
+
+
+@dataclass(frozen=True)
+class Gpu:
+    index: int  # the CUDA device number this process sees (after CUDA_VISIBLE_DEVICES)
+    name: str
+
+
+def parse_gpus(smi_csv: str, visible: str | None = None) -> list[Gpu]:
+    """GPUs from ``nvidia-smi --query-gpu=index,name --format=csv,noheader`` output, keeping
+    and renumbering those that ``visible`` (CUDA_VISIBLE_DEVICES: numbers; None: all) lists."""
+    found: dict[int, str] = {}
+    for line in smi_csv.strip().splitlines():
+        index, sep, name = line.partition(",")
+        if sep and index.strip().isdigit():
+            found[int(index)] = name.strip()
+    if visible is None:
+        return [Gpu(index, name) for index, name in sorted(found.items())]
+    order = [int(item) for item in visible.split(",") if item.strip().isdigit()]
+    return [Gpu(position, found[index]) for position, index in enumerate(i for i in order if i in found)]
+
+
+def discover_gpus() -> list[Gpu]:
+    """The CUDA GPUs ONNX Runtime's CUDA provider can run on; none without that provider."""
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return []
+    try:
+        listing = subprocess.run(["nvidia-smi", "--query-gpu=index,name", "--format=csv,noheader"],
+                                 capture_output=True, text=True, timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.warning("the CUDA provider is available but nvidia-smi could not list the GPUs (%s): "
+                    "no GPU workers", exc)
+        return []
+    return parse_gpus(listing, os.environ.get("CUDA_VISIBLE_DEVICES"))
+
+
+def gpu_workers(gpus: list[Gpu], streams: int, topology: Topology) -> list[WorkerSpec]:
+    """``streams`` workers per GPU.  Their tensors are host arrays (ORT copies them to the device
+    and back within a run), so their memory node is the host's; they hold no cores."""
+    if streams < 0:
+        raise UsageError(f"gpu_streams={streams}: use 0 (no GPU workers) or more streams per GPU")
+    host = f"host:{topology.numa_nodes[0] if topology.cores else 0}"
+    workers = [WorkerSpec(f"gpu{gpu.index}.s{stream}", f"cuda:{gpu.name}", host, (), "cuda", gpu.index)
+               for gpu in gpus for stream in range(streams)]
+    if workers:
+        log.info("GPU workers: %s", ", ".join(w.name for w in workers))
     return workers

@@ -1,7 +1,11 @@
 """Real workers: one thread per worker, pinned to its cores, owning one ONNX Runtime session per stage.
 
-This is the only layer of the runtime that touches ONNX Runtime.  A CPU worker
-thread pins itself with ``os.sched_setaffinity`` (on Linux, pid 0 is the calling
+This is the only layer of the runtime that touches ONNX Runtime.  A worker's sessions use
+its device's execution provider (:func:`providers`): the CPU's, or for a GPU worker the CUDA
+provider on its device, with the CPU's for what CUDA cannot run; a GPU worker whose session
+did not get the CUDA provider (a CUDA or cuDNN library that did not load: ONNX Runtime then
+warns and runs on the CPU) fails its load instead of passing CPU runs off as GPU ones.
+A CPU worker thread pins itself with ``os.sched_setaffinity`` (on Linux, pid 0 is the calling
 thread) to the first core of its group, then creates its sessions, so ORT's own
 threads are made by a pinned thread.  A session of a K-core worker runs K
 intra-op threads: the calling thread plus K-1 that ORT pins through
@@ -29,6 +33,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
+from hetsched.errors import DeviceUnavailableError
 from hetsched.platform import Report, StageModel
 from hetsched.task import Job, Task, WorkerSpec
 from perfmodels.measure import session_options as measured_session_options
@@ -58,8 +63,16 @@ def session_options(worker: WorkerSpec) -> Any:
     return options
 
 
-class CpuWorker:
-    """A pinned thread running the tasks handed to it; sessions keyed by stage."""
+def providers(worker: WorkerSpec) -> list[Any]:
+    """The execution providers of a session on ``worker``, in ONNX Runtime's order of preference."""
+    if worker.device == "cuda":
+        return [("CUDAExecutionProvider", {"device_id": str(worker.device_index)}), "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+class Worker:
+    """A thread (pinned to its cores, if it has any) running the tasks handed to it; sessions keyed
+    by stage."""
 
     def __init__(self, spec: WorkerSpec, on_done: Callable[[Task, BaseException | None], None],
                  run_task: Callable[[Task, Any], None]) -> None:
@@ -148,11 +161,16 @@ class CpuWorker:
         """
         import onnxruntime as ort
 
+        wanted = providers(self.spec)
+        device_provider = wanted[0] if isinstance(wanted[0], str) else wanted[0][0]
+        if device_provider not in ort.get_available_providers():
+            self._unavailable(device_provider, f"this onnxruntime has {ort.get_available_providers()}")
         with _SESSION_CREATION:  # one creation at a time, so new threads belong to this session
             before = _thread_ids()
-            session = ort.InferenceSession(model_bytes, session_options(self.spec),
-                                           providers=["CPUExecutionProvider"])
+            session = ort.InferenceSession(model_bytes, session_options(self.spec), providers=wanted)
             created = sorted(_thread_ids() - before)
+        if device_provider not in session.get_providers():  # listed, but its libraries did not load
+            self._unavailable(device_provider, f"the session runs on {session.get_providers()}")
         extra = self.spec.cores[1:]
         for index, tid in enumerate(created):
             if extra:
@@ -164,6 +182,12 @@ class CpuWorker:
                     log.warning("%s: could not pin ORT thread %d to core %d (%s)",
                                 self.spec.name, tid, core, exc)
         return session
+
+    def _unavailable(self, provider: str, why: str) -> None:
+        raise DeviceUnavailableError(
+            f"worker {self.spec.name} ({self.spec.arch}): ONNX Runtime did not enable {provider} ({why}); "
+            "install the build that has it and check that its libraries load (for CUDA: onnxruntime-gpu "
+            "and the CUDA and cuDNN versions it was built for), or run without this device (gpu_streams=0)")
 
     def _execute(self, task: Task) -> None:
         error: BaseException | None = None
@@ -186,12 +210,12 @@ class _Caller(threading.local):
 
 
 class ThreadExecutor:
-    """The platform of this machine's worker threads (CPU today; CUDA streams plug in here)."""
+    """The platform of this machine's worker threads: core groups and GPU streams."""
 
     def __init__(self, specs: list[WorkerSpec], run_task: Callable[[Task, Any], None]) -> None:
         self._run_task = run_task
         self.specs = specs
-        self.workers = {spec.name: CpuWorker(spec, self._done, run_task) for spec in specs}
+        self.workers = {spec.name: Worker(spec, self._done, run_task) for spec in specs}
         self.report: Report | None = None
         self.on_join: Callable[[WorkerSpec], None] | None = None  # a machine's workers never change
         self.on_leave: Callable[[WorkerSpec], None] | None = None

@@ -42,6 +42,7 @@ class ServeOptions:
     admin_header: str | None = None
     dask_scheduler: str | None = None  # serve on this Dask cluster's workers instead of local cores
     trace_file: str | None = None  # write every task's trace there (Chrome JSON) when stopping
+    gpu_streams: int = 2  # workers per GPU found (0: none)
 
 
 def serve(options: ServeOptions) -> int:
@@ -60,6 +61,7 @@ async def _serve(options: ServeOptions) -> int:
         options.perfmodel_dir or str(default_dir()),
         cluster=options.dask_scheduler,
         trace_file=options.trace_file,
+        gpu_streams=options.gpu_streams,
     )  # the history persists
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

@@ -110,8 +110,10 @@ class InferenceService:
         perfmodel_dir: str | None = None,
         cluster: str | None = None,
         trace_file: str | None = None,
+        gpu_streams: int = 2,
     ) -> None:
         self.repository = repository
+        self.gpu_streams = gpu_streams  # workers per GPU found
         self.trace_file = trace_file  # every task's trace, written there (Chrome JSON) on close
         self.cluster = cluster  # a Dask scheduler address: its workers run the models
         self.workers = workers
@@ -413,6 +415,7 @@ class InferenceService:
                 instruments=[self.task_stats],
                 cluster=self.cluster,
                 trace=self.trace_file is not None,
+                gpu_streams=self.gpu_streams,
             )
         return self.runtimes[key]
 
