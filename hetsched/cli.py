@@ -172,7 +172,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         model_repository=args.model_repository, host=args.host, http_port=args.http_port,
         grpc_port=args.grpc_port, metrics_port=args.metrics_port, workers=args.workers, policy=args.policy,
         perfmodel_dir=args.perfmodel_dir, max_body_bytes=args.max_body_bytes, admin_header=args.admin_header,
-        dask_scheduler=args.dask_scheduler, trace_file=args.trace_file, gpu_streams=args.gpu_streams))
+        dask_scheduler=args.dask_scheduler, trace_file=args.trace_file, gpu_streams=args.gpu_streams,
+        accelerators=tuple(args.accelerator)))
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
@@ -191,6 +192,11 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--gpu-streams", type=_count, default=2,
                        help="workers (CUDA streams) per GPU found, beside the core groups (default 2; "
                        "0: no GPU); GPUs need onnxruntime-gpu")
+    serve.add_argument("--accelerator", type=_provider, action="append", default=[],
+                       metavar="PROVIDER[:KEY=VALUE,...]",
+                       help="one more worker whose sessions use this ONNX Runtime execution provider, "
+                       "with these options (e.g. VitisAIExecutionProvider:config_file=vaip_config.json); "
+                       "repeatable")
     serve.add_argument("--perfmodel-dir", default=None,
                        help="perf-model store (default $HETSCHED_PERFMODEL_DIR or the user cache)")
     serve.add_argument("--max-body-bytes", type=_positive_int, default=1 << 30,
@@ -317,6 +323,19 @@ def _positive_int(text: str, least: int = 1) -> int:
     if value < least:
         raise argparse.ArgumentTypeError(f"{value} must be at least {least}")
     return value
+
+
+def _provider(text: str) -> tuple[str, dict[str, str]]:
+    name, _, rest = text.partition(":")
+    options = {}
+    for item in filter(None, rest.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: options go as KEY=VALUE after the provider, comma-separated "
+                "(e.g. VitisAIExecutionProvider:config_file=x.json)")
+        options[key] = value
+    return name, options
 
 
 def _count(text: str) -> int:

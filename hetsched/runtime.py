@@ -45,7 +45,14 @@ from hetsched.platform import CLIENT_MEMORY, Platform, StageModel, TaskIO
 from hetsched.policies import make_policy
 from hetsched.scheduler import Instrument, Scheduler
 from hetsched.task import Job, Task, WorkerSpec
-from hetsched.topology import cpu_workers, discover, discover_gpus, gpu_workers
+from hetsched.topology import (
+    Provider,
+    accelerator_workers,
+    cpu_workers,
+    discover,
+    discover_gpus,
+    gpu_workers,
+)
 from hetsched.trace import TraceRecorder
 from hetsched.workers import ThreadExecutor
 from partitioner.feeds import random_feeds, random_values
@@ -312,9 +319,12 @@ class Runtime:
 
     def __init__(self, workers: str = "auto", policy: str = "dmda", narrow: bool = True,
                  perfmodel_dir: str | os.PathLike[str] | None = None, trace: bool = False,
-                 instruments: Sequence[Instrument] = (), cluster: Any = None, gpu_streams: int = 2) -> None:
+                 instruments: Sequence[Instrument] = (), cluster: Any = None, gpu_streams: int = 2,
+                 accelerators: Sequence[Provider] = ()) -> None:
         """``workers``: this machine's core groups (:func:`~hetsched.topology.core_groups`), beside
-        ``gpu_streams`` workers on each GPU found (0: none; GPUs need onnxruntime-gpu).
+        ``gpu_streams`` workers on each GPU found (0: none; GPUs need onnxruntime-gpu) and one
+        worker per accelerator, named by its execution provider as in ORT's ``providers`` list
+        (e.g. ``[("VitisAIExecutionProvider", {"config_file": "vaip_config.json"})]``).
         ``cluster``: a ``distributed.Client`` or a Dask scheduler address; then the workers are the
         cluster's (a hetsched host on each Dask worker) instead of this machine's."""
         self.executor: Platform
@@ -326,7 +336,8 @@ class Runtime:
             topology = discover()
             gpus = discover_gpus() if gpu_streams else []
             self.executor = ThreadExecutor(cpu_workers(topology, workers, narrow)
-                                           + gpu_workers(gpus, gpu_streams, topology), self._run_task)
+                                           + gpu_workers(gpus, gpu_streams, topology)
+                                           + accelerator_workers(accelerators, topology), self._run_task)
         self.store = PerfModelStore(perfmodel_dir) if perfmodel_dir is not None else None
         history = self.store.load_history() if self.store else HistoryModel()
         self._recorded = HistoryModel(min_samples=history.min_samples)  # what this run learned

@@ -26,8 +26,9 @@ class WorkerSpec:
     arch: str  # e.g. "cpu:2t", "cuda:NVIDIA H100"; keys the perf models
     memory_node: str  # e.g. "host:0", "cuda:0"
     cores: tuple[int, ...] = ()
-    device: str = "cpu"  # "cpu", "cuda", "dpu", "remote"
+    device: str = "cpu"  # "cpu", "cuda", "accelerator" (arch names its execution provider), "remote"
     device_index: int = 0  # which device of its kind (a GPU's CUDA number)
+    provider_options: tuple[tuple[str, str], ...] = ()  # an accelerator's execution provider options
 
     def overlaps(self, other: WorkerSpec) -> bool:
         """Whether the two cannot run at the same time (they share a core, or are the same worker)."""

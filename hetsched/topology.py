@@ -1,6 +1,10 @@
 """The machine's processors: CPU packages, NUMA nodes and cores (from /sys and psutil), GPUs, and
 the worker layout built on them.
 
+Accelerators (a DPU, an NPU) are named by their ONNX Runtime execution provider, as in a
+session's ``providers`` list (``"VitisAIExecutionProvider"`` or ``(name, {options})``): one
+coreless worker each, whose sessions use that provider with the CPU's behind it.
+
 GPUs are the CUDA devices ONNX Runtime can use: none unless its CUDA execution provider is
 available (the ``onnxruntime-gpu`` build), named by ``nvidia-smi``, renumbered as
 ``CUDA_VISIBLE_DEVICES`` shows them to the process.  Each GPU yields ``streams`` workers
@@ -19,8 +23,10 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from hetsched.errors import UsageError
 from hetsched.task import WorkerSpec
@@ -158,4 +164,23 @@ def gpu_workers(gpus: list[Gpu], streams: int, topology: Topology) -> list[Worke
                for gpu in gpus for stream in range(streams)]
     if workers:
         log.info("GPU workers: %s", ", ".join(w.name for w in workers))
+    return workers
+
+
+Provider = str | tuple[str, Mapping[str, Any]]  # as in a session's providers list
+
+
+def accelerator_workers(accelerators: Sequence[Provider], topology: Topology) -> list[WorkerSpec]:
+    """One worker per accelerator, named ``acc<i>``, its arch the provider's name (which keys its
+    perf models); its tensors are host arrays, as a GPU worker's."""
+    host = f"host:{topology.numa_nodes[0] if topology.cores else 0}"
+    workers = []
+    for index, accelerator in enumerate(accelerators):
+        name, options = (accelerator, {}) if isinstance(accelerator, str) else accelerator
+        if not isinstance(name, str) or not name.endswith("ExecutionProvider"):
+            raise UsageError(f"accelerator {accelerator!r}: name it by its ONNX Runtime execution provider, "
+                             "e.g. 'VitisAIExecutionProvider' or ('OpenVINOExecutionProvider', "
+                             "{'device_type': 'NPU'})")
+        pairs = tuple(sorted((str(key), str(value)) for key, value in options.items()))
+        workers.append(WorkerSpec(f"acc{index}", name, host, (), "accelerator", index, pairs))
     return workers

@@ -2,9 +2,10 @@
 
 This is the only layer of the runtime that touches ONNX Runtime.  A worker's sessions use
 its device's execution provider (:func:`providers`): the CPU's, or for a GPU worker the CUDA
-provider on its device, with the CPU's for what CUDA cannot run; a GPU worker whose session
-did not get the CUDA provider (a CUDA or cuDNN library that did not load: ONNX Runtime then
-warns and runs on the CPU) fails its load instead of passing CPU runs off as GPU ones.
+provider on its device, or an accelerator's own, with the CPU's for what the device cannot
+run; a GPU or accelerator worker whose session did not get its provider (a CUDA or cuDNN
+library that did not load: ONNX Runtime then warns and runs on the CPU) fails its load
+instead of passing CPU runs off as the device's.
 A CPU worker thread pins itself with ``os.sched_setaffinity`` (on Linux, pid 0 is the calling
 thread) to the first core of its group, then creates its sessions, so ORT's own
 threads are made by a pinned thread.  A session of a K-core worker runs K
@@ -67,6 +68,8 @@ def providers(worker: WorkerSpec) -> list[Any]:
     """The execution providers of a session on ``worker``, in ONNX Runtime's order of preference."""
     if worker.device == "cuda":
         return [("CUDAExecutionProvider", {"device_id": str(worker.device_index)}), "CPUExecutionProvider"]
+    if worker.device == "accelerator":
+        return [(worker.arch, dict(worker.provider_options)), "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
 
 

@@ -103,3 +103,17 @@ def test_demo_runs_the_main_job_end_to_end(tmp_path: Path) -> None:
     assert {"plain ONNX Runtime", "hetsched.Runtime (0.5,0.5)", "hetsched serve (0.5,0.5)"} <= rows
     assert (tmp_path / "plan" / "plan.json").is_file() and (tmp_path / "repository" / "lenet5").is_dir()
     assert "plot: " in out or "(plot skipped" in out
+
+
+def test_serve_takes_accelerators_by_provider_with_their_options() -> None:
+    from hetsched.cli import _parser
+
+    args = _parser().parse_args(["serve", "--model-repository", "repo", "--gpu-streams", "0",
+                                 "--accelerator", "AzureExecutionProvider",
+                                 "--accelerator", "VitisAIExecutionProvider:config_file=vaip.json,target=X"])
+    assert args.gpu_streams == 0
+    assert args.accelerator == [("AzureExecutionProvider", {}),
+                                ("VitisAIExecutionProvider", {"config_file": "vaip.json", "target": "X"})]
+    for bad in (["--accelerator", "VitisAIExecutionProvider:config_file"], ["--gpu-streams", "-1"]):
+        with pytest.raises(SystemExit):
+            _parser().parse_args(["serve", "--model-repository", "repo", *bad])

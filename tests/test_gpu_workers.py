@@ -104,3 +104,34 @@ def test_on_a_gpu_its_workers_run_cuda_sessions_and_answer_like_plain_onnxruntim
         answers_like_plain_onnxruntime(runtime, "googlenet", rtol=1e-3)  # cuDNN sums in other orders
         for worker in gpu:
             assert all(s.get_providers()[0] == "CUDAExecutionProvider" for s in worker.sessions.values())
+
+
+def test_an_accelerator_named_by_its_provider_takes_tasks_beside_the_core_groups(monkeypatch: Any) -> None:
+    """The stock onnxruntime's one provider besides the CPU's is Azure's, which takes no node of these
+    models (its sessions compute on the CPU provider behind it): a real provider list through the
+    accelerator path, though no accelerator computes."""
+    ran: list[str] = []
+    with Runtime(workers="1x1", gpu_streams=0, accelerators=["AzureExecutionProvider"]) as runtime:
+        assert [(s.name, s.arch, s.cores, s.device) for s in runtime.specs] == [
+            ("cpu0", "cpu:1t", (0,), "cpu"), ("acc0", "AzureExecutionProvider", (), "accelerator")]
+        record = runtime.oracle.record
+
+        def recording(task: Any, worker: Any, seconds: float) -> None:
+            ran.append(worker.name)
+            record(task, worker, seconds)
+
+        monkeypatch.setattr(runtime.oracle, "record", recording)
+        answers_like_plain_onnxruntime(runtime, "googlenet", rtol=1e-4)
+        accelerator = runtime.executor.workers["acc0"]  # type: ignore[attr-defined]
+        assert all(s.get_providers()[0] == "AzureExecutionProvider" for s in accelerator.sessions.values())
+    assert {"cpu0", "acc0"} <= set(ran)
+
+
+def test_an_accelerator_this_onnxruntime_lacks_fails_the_load_and_a_bad_name_fails_at_once() -> None:
+    with Runtime(workers="1x1", gpu_streams=0,
+                 accelerators=[("VitisAIExecutionProvider", {"config_file": "vaip_config.json"})]) as runtime:
+        assert runtime.specs[1].provider_options == (("config_file", "vaip_config.json"),)
+        with pytest.raises(DeviceUnavailableError, match="acc0 .*VitisAIExecutionProvider"):
+            runtime.load(zoo.build("lenet5"))
+    with pytest.raises(UsageError, match="execution provider"):
+        Runtime(workers="1x1", accelerators=["dpu"])

@@ -43,6 +43,7 @@ class ServeOptions:
     dask_scheduler: str | None = None  # serve on this Dask cluster's workers instead of local cores
     trace_file: str | None = None  # write every task's trace there (Chrome JSON) when stopping
     gpu_streams: int = 2  # workers per GPU found (0: none)
+    accelerators: tuple[tuple[str, dict[str, str]], ...] = ()  # execution providers, one worker each
 
 
 def serve(options: ServeOptions) -> int:
@@ -62,6 +63,7 @@ async def _serve(options: ServeOptions) -> int:
         cluster=options.dask_scheduler,
         trace_file=options.trace_file,
         gpu_streams=options.gpu_streams,
+        accelerators=options.accelerators,
     )  # the history persists
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

@@ -15,7 +15,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +37,7 @@ from hetsched.errors import (
     UsageError,
 )
 from hetsched.runtime import Model, Runtime, rows_independent
+from hetsched.topology import Provider
 from partitioner.model_io import read_model
 
 log = logging.getLogger(__name__)
@@ -111,9 +112,11 @@ class InferenceService:
         cluster: str | None = None,
         trace_file: str | None = None,
         gpu_streams: int = 2,
+        accelerators: Sequence[Provider] = (),
     ) -> None:
         self.repository = repository
         self.gpu_streams = gpu_streams  # workers per GPU found
+        self.accelerators = accelerators  # execution providers, one worker each
         self.trace_file = trace_file  # every task's trace, written there (Chrome JSON) on close
         self.cluster = cluster  # a Dask scheduler address: its workers run the models
         self.workers = workers
@@ -416,6 +419,7 @@ class InferenceService:
                 cluster=self.cluster,
                 trace=self.trace_file is not None,
                 gpu_streams=self.gpu_streams,
+                accelerators=self.accelerators,
             )
         return self.runtimes[key]
 
