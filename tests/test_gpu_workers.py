@@ -61,6 +61,19 @@ def test_a_gpu_worker_whose_cuda_provider_does_not_load_fails_its_load(monkeypat
             runtime.load(zoo.build("lenet5"))
 
 
+def workers_that_ran(runtime: Runtime, monkeypatch: Any) -> list[str]:
+    """The names of the workers of every task run from now on, in order (read from the perf records)."""
+    ran: list[str] = []
+    record = runtime.oracle.record
+
+    def recording(task: Any, worker: Any, seconds: float) -> None:
+        ran.append(worker.name)
+        record(task, worker, seconds)
+
+    monkeypatch.setattr(runtime.oracle, "record", recording)
+    return ran
+
+
 def answers_like_plain_onnxruntime(runtime: Runtime, name: str, rtol: float) -> None:
     proto = zoo.build(name)
     model = runtime.load(proto, ratios=(0.5, 0.5))
@@ -81,17 +94,10 @@ def test_tasks_run_on_gpu_workers_beside_the_core_groups(monkeypatch: Any) -> No
     without cores take tasks beside the core groups and every answer stays exact."""
     monkeypatch.setattr("hetsched.runtime.discover_gpus", lambda: [Gpu(0, "stand-in")])
     monkeypatch.setattr(workers, "providers", lambda spec: ["CPUExecutionProvider"])
-    ran: list[str] = []
     with Runtime(workers="1x1", gpu_streams=2) as runtime:
         assert [s.name for s in runtime.specs] == ["cpu0", "gpu0.s0", "gpu0.s1"]
         assert runtime._slots == 3  # a core, and each stream
-        record = runtime.oracle.record
-
-        def recording(task: Any, worker: Any, seconds: float) -> None:
-            ran.append(worker.name)
-            record(task, worker, seconds)
-
-        monkeypatch.setattr(runtime.oracle, "record", recording)
+        ran = workers_that_ran(runtime, monkeypatch)
         answers_like_plain_onnxruntime(runtime, "googlenet", rtol=1e-4)
     assert {"cpu0", "gpu0.s0", "gpu0.s1"} <= set(ran)
 
@@ -110,17 +116,10 @@ def test_an_accelerator_named_by_its_provider_takes_tasks_beside_the_core_groups
     """The stock onnxruntime's one provider besides the CPU's is Azure's, which takes no node of these
     models (its sessions compute on the CPU provider behind it): a real provider list through the
     accelerator path, though no accelerator computes."""
-    ran: list[str] = []
     with Runtime(workers="1x1", gpu_streams=0, accelerators=["AzureExecutionProvider"]) as runtime:
         assert [(s.name, s.arch, s.cores, s.device) for s in runtime.specs] == [
             ("cpu0", "cpu:1t", (0,), "cpu"), ("acc0", "AzureExecutionProvider", (), "accelerator")]
-        record = runtime.oracle.record
-
-        def recording(task: Any, worker: Any, seconds: float) -> None:
-            ran.append(worker.name)
-            record(task, worker, seconds)
-
-        monkeypatch.setattr(runtime.oracle, "record", recording)
+        ran = workers_that_ran(runtime, monkeypatch)
         answers_like_plain_onnxruntime(runtime, "googlenet", rtol=1e-4)
         accelerator = runtime.executor.workers["acc0"]  # type: ignore[attr-defined]
         assert all(s.get_providers()[0] == "AzureExecutionProvider" for s in accelerator.sessions.values())
