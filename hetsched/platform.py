@@ -60,6 +60,10 @@ class Platform(Protocol):
     def run_here(self, job: Job, submit: Callable[[Job], None]) -> None:
         """``submit(job)`` for a caller that waits for it on this thread: a platform whose workers
         are threads of this process may run the job's tasks on the caller's thread meanwhile."""
+        submit(job)
+
+    def hand_over(self) -> None:
+        """Callbacks are about to run on this thread: a task it kept to run here goes to its worker."""
 
     def load(self, stages: list[StageModel]) -> None:
         """Create a session of every stage on every worker; returns when all exist."""

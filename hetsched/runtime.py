@@ -141,8 +141,9 @@ class Model:
         copied, so the caller may reuse them at once; ``copy=False`` hands them over instead
         (the caller will not write to them until the future is done), which saves a copy of
         every input.  ``run_here``: the caller will wait for the answer on this thread, so the
-        request's tasks that can start at once run on it (pinned to their worker's cores),
-        sparing two thread wake-ups; the call returns when they are done (what ``infer`` does).
+        request's tasks on core workers that can start at once run on it (pinned to the worker's
+        first core meanwhile), sparing two thread wake-ups; the call returns when they are done
+        (what ``infer`` does).
         A batching model's requests are always sent by its batcher.
         """
         if self.unloaded:
@@ -158,7 +159,7 @@ class Model:
                 self.runtime._check_open()
                 future = self.batcher.submit(feeds, batch)
             else:
-                caller = threading.get_ident() if run_here else 0
+                caller = threading.current_thread() if run_here else None
                 future = self.runtime._submit(self, feeds, batch, caller=caller)
         except BaseException:
             self._answered()
@@ -487,7 +488,7 @@ class Runtime:
         self.executor.unload(unused)
 
     def _submit(self, model: Model, feeds: dict[str, np.ndarray], batch: int, turn: _Turn | None = None,
-                caller: int = 0) -> Future[dict[str, np.ndarray]]:
+                caller: threading.Thread | None = None) -> Future[dict[str, np.ndarray]]:
         future: Future[dict[str, np.ndarray]] = Future()
         self._admit(_JobData(model, feeds, batch, future, dict(feeds), caller), turn)
         return future
@@ -564,7 +565,7 @@ class Runtime:
         job.tasks = [Task(stage, index, job, request_footprint, batch, priority, dict(nbytes), dict(nodes),
                           allowed) for stage, index, nbytes, nodes, allowed in parts]
         try:
-            if data.caller == threading.get_ident():  # (not when held and started by another thread)
+            if data.caller is threading.current_thread():  # (not when held, started by another thread)
                 self.executor.run_here(job, self.scheduler.submit)
             else:
                 self.scheduler.submit(job)
@@ -573,9 +574,12 @@ class Runtime:
                 self._in_flight.pop(id(data), None)
                 if self._waiting:
                     self._idle.notify_all()
-            if data.future.set_running_or_notify_cancel():
+            # (answered already when an interrupt came while this thread ran one of its tasks)
+            if not data.future.done() and data.future.set_running_or_notify_cancel():
                 data.future.set_exception(exc)
             self._poke_batchers()
+            if not isinstance(exc, Exception):
+                raise  # an interrupt of the caller's thread: the caller sees it
 
     def _batch_may_leave(self) -> bool:
         """Whether a batcher should send what it has rather than let the batch grow: a worker slot
@@ -670,6 +674,7 @@ class Runtime:
 
     def _job_done(self, job: Job, error: BaseException | None) -> None:
         data: _JobData = job.payload
+        self.executor.hand_over()  # the callbacks below run on this thread, and may block
         self.executor.release(job)
         if isinstance(error, WorkerLostError) and self._resend(job, data, error):
             return
@@ -766,7 +771,7 @@ class _JobData:
     batch: int
     future: Future[dict[str, np.ndarray]]
     values: dict[str, Any]  # arrays here, or references to tensors a cluster worker keeps
-    caller: int = 0  # thread id of a caller that waits for the answer on its thread (run_here), or 0
+    caller: threading.Thread | None = None  # a caller that waits for the answer on its thread (run_here)
     attempts: int = 0
 
 

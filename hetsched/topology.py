@@ -6,10 +6,11 @@ session's ``providers`` list (``"VitisAIExecutionProvider"`` or ``(name, {option
 coreless worker each, whose sessions use that provider with the CPU's behind it.
 
 GPUs are the CUDA devices ONNX Runtime can use: none unless its CUDA execution provider is
-available (the ``onnxruntime-gpu`` build), named by ``nvidia-smi``, renumbered as
-``CUDA_VISIBLE_DEVICES`` shows them to the process.  Each GPU yields ``streams`` workers
+available (the ``onnxruntime-gpu`` build), numbered and named by the CUDA driver as this
+process sees them.  Each GPU yields ``streams`` workers
 (``cuda:<name>``): a session's CUDA provider runs on a stream of its own, so workers with
-their own sessions on one GPU are its streams, and the scheduler may overlap their tasks.
+their own sessions on one GPU are its streams, whose tasks the scheduler runs at the same time
+(how much the GPU overlaps them is not measured: no GPU was at hand).
 
 Core groups come from the NUMA nodes (``"numa"``), the sockets (``"socket"``)
 or an explicit ``"NxK"`` (N groups of K cores).  Each group of more than one
@@ -20,9 +21,9 @@ runs two of them on one core at once.  ``"auto"`` groups by NUMA node.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
-import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,34 +125,30 @@ class Gpu:
     name: str
 
 
-def parse_gpus(smi_csv: str, visible: str | None = None) -> list[Gpu]:
-    """GPUs from ``nvidia-smi --query-gpu=index,name --format=csv,noheader`` output, keeping
-    and renumbering those that ``visible`` (CUDA_VISIBLE_DEVICES: numbers; None: all) lists."""
-    found: dict[int, str] = {}
-    for line in smi_csv.strip().splitlines():
-        index, sep, name = line.partition(",")
-        if sep and index.strip().isdigit():
-            found[int(index)] = name.strip()
-    if visible is None:
-        return [Gpu(index, name) for index, name in sorted(found.items())]
-    order = [int(item) for item in visible.split(",") if item.strip().isdigit()]
-    return [Gpu(position, found[index]) for position, index in enumerate(i for i in order if i in found)]
-
-
 def discover_gpus() -> list[Gpu]:
-    """The CUDA GPUs ONNX Runtime's CUDA provider can run on; none without that provider."""
+    """The CUDA GPUs ONNX Runtime's CUDA provider can run on (none without that provider), numbered
+    and named by the CUDA driver itself, so as CUDA_VISIBLE_DEVICES and CUDA_DEVICE_ORDER show them
+    to this process (UUIDs and MIG slices included)."""
     import onnxruntime as ort
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         return []
     try:
-        listing = subprocess.run(["nvidia-smi", "--query-gpu=index,name", "--format=csv,noheader"],
-                                 capture_output=True, text=True, timeout=30, check=True).stdout
-    except (OSError, subprocess.SubprocessError) as exc:
-        log.warning("the CUDA provider is available but nvidia-smi could not list the GPUs (%s): "
-                    "no GPU workers", exc)
+        driver = ctypes.CDLL("libcuda.so.1")
+    except OSError as exc:
+        log.warning("the CUDA provider is available but the CUDA driver is not (%s): no GPU workers", exc)
         return []
-    return parse_gpus(listing, os.environ.get("CUDA_VISIBLE_DEVICES"))
+    count, device = ctypes.c_int(0), ctypes.c_int(0)
+    name = ctypes.create_string_buffer(256)
+    if driver.cuInit(0) != 0 or driver.cuDeviceGetCount(ctypes.byref(count)) != 0:
+        log.warning("the CUDA driver found no usable GPU: no GPU workers")
+        return []
+    gpus = []
+    for index in range(count.value):
+        found = driver.cuDeviceGet(ctypes.byref(device), index) == 0
+        if found and driver.cuDeviceGetName(name, 256, device) == 0:
+            gpus.append(Gpu(index, name.value.decode(errors="replace")))
+    return gpus
 
 
 def gpu_workers(gpus: list[Gpu], streams: int, topology: Topology) -> list[WorkerSpec]:

@@ -64,10 +64,17 @@ def session_options(worker: WorkerSpec) -> Any:
     return options
 
 
+# Batches change shape from one task to the next: cuDNN's exhaustive search would time every new
+# shape in every session (the perf history would learn those runs), and an arena grown by powers
+# of two holds memory for sizes that are not asked again, once per stream and stage.
+CUDA_OPTIONS = {"cudnn_conv_algo_search": "HEURISTIC", "arena_extend_strategy": "kSameAsRequested"}
+
+
 def providers(worker: WorkerSpec) -> list[Any]:
     """The execution providers of a session on ``worker``, in ONNX Runtime's order of preference."""
     if worker.device == "cuda":
-        return [("CUDAExecutionProvider", {"device_id": str(worker.device_index)}), "CPUExecutionProvider"]
+        return [("CUDAExecutionProvider", {"device_id": str(worker.device_index), **CUDA_OPTIONS}),
+                "CPUExecutionProvider"]
     if worker.device == "accelerator":
         return [(worker.arch, dict(worker.provider_options)), "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
@@ -108,7 +115,7 @@ class Worker:
     def run_here(self, task: Task) -> None:
         """Run ``task`` on the calling thread, pinned to this worker's first core meanwhile (its
         session's other threads are pinned to the other cores already), then unpinned again."""
-        if not self.spec.cores or not hasattr(os, "sched_setaffinity"):
+        if not hasattr(os, "sched_setaffinity"):
             self._execute(task)
             return
         mask = os.sched_getaffinity(0)
@@ -174,6 +181,8 @@ class Worker:
             created = sorted(_thread_ids() - before)
         if device_provider not in session.get_providers():  # listed, but its libraries did not load
             self._unavailable(device_provider, f"the session runs on {session.get_providers()}")
+        if self.spec.device != "cpu":  # a device error fails the task, not re-runs it on the CPU unseen
+            session.disable_fallback()
         extra = self.spec.cores[1:]
         for index, tid in enumerate(created):
             if extra:
@@ -196,12 +205,14 @@ class Worker:
         error: BaseException | None = None
         try:
             self._run_task(task, self.sessions[task.stage])
-        except Exception as exc:  # the task's error goes to its request, never lost
+        except BaseException as exc:  # the task's error goes to its request, never lost
             error = exc
         try:
             self._on_done(task, error)
         except Exception:  # a bug of ours; keep serving the other tasks
             log.exception("%s: reporting %s failed", self.spec.name, task)
+        if error is not None and not isinstance(error, Exception):
+            raise error  # an interrupt (Ctrl-C of a caller running the task here): reported, then passed on
 
 
 class _Caller(threading.local):
@@ -242,10 +253,21 @@ class ThreadExecutor:
 
     def start(self, task: Task, worker: WorkerSpec) -> None:
         caller = self._caller
-        if caller.job is task.job and caller.task is None:
+        # A GPU or accelerator task stays on its worker's thread: a CUDA session keeps state per
+        # calling thread, and sets the thread's current device.
+        if caller.job is task.job and caller.task is None and worker.cores:
             caller.task = task  # run_here runs it on this thread once the scheduler lets go
         else:
             self.workers[worker.name].run(task)
+
+    def hand_over(self) -> None:
+        """Send the task this thread kept to run here to its worker instead: callbacks are about to
+        run on this thread, and one may block (say, on another request that waits for this worker)."""
+        caller = self._caller
+        if caller.task is not None:
+            task, caller.task = caller.task, None
+            assert task.worker is not None
+            self.workers[task.worker.name].run(task)
 
     def run_here(self, job: Job, submit: Callable[[Job], None]) -> None:
         """``submit(job)``, then run on this thread each task of ``job`` that starts on it meanwhile
@@ -265,10 +287,7 @@ class ThreadExecutor:
                 self.workers[task.worker.name].run_here(task)
         finally:
             caller.job = None
-            if caller.task is not None:  # started as submit raised: its worker runs it
-                task, caller.task = caller.task, None
-                assert task.worker is not None
-                self.workers[task.worker.name].run(task)
+            self.hand_over()  # one that started as submit raised, or as an interrupt came: its worker runs it
 
     def prefetch(self, task: Task, worker: WorkerSpec) -> None:
         """Host memory only so far: every input is already where a CPU worker reads it."""

@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 import numpy as np
+import pytest
 
 from hetsched import zoo
 from hetsched.runtime import Runtime
@@ -47,7 +48,7 @@ def test_infer_runs_every_part_on_the_calling_thread_pinned_to_the_workers_core(
     want = run_whole(proto, feeds)["logits"]
     mask = os.sched_getaffinity(0)
     calls: list[tuple[int, set[int]]] = []
-    with Runtime(workers="1x1", narrow=False) as runtime:
+    with Runtime(workers="1x1", narrow=False, gpu_streams=0) as runtime:
         model = runtime.load(proto, ratios=(0.5, 0.5))
         worker = record(runtime, calls)
         np.testing.assert_allclose(model.infer(feeds, timeout=30)["logits"], want, rtol=1e-5, atol=1e-6)
@@ -64,7 +65,7 @@ def test_a_worker_running_a_callers_task_takes_no_other_until_it_ends() -> None:
     want = run_whole(proto, feeds)["logits"]
     calls: list[tuple[int, set[int]]] = []
     gate = threading.Event()
-    with Runtime(workers="1x1", narrow=False) as runtime:
+    with Runtime(workers="1x1", narrow=False, gpu_streams=0) as runtime:
         model = runtime.load(proto)
         worker = record(runtime, calls, gate)
         answers: list[Any] = []
@@ -82,3 +83,32 @@ def test_a_worker_running_a_callers_task_takes_no_other_until_it_ends() -> None:
         np.testing.assert_allclose(other.result(30)["logits"], want, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(answers[0]["logits"], want, rtol=1e-5, atol=1e-6)
         assert [thread for thread, _ in calls] == [caller.ident, worker._thread.ident]
+
+
+class Interrupted(Recorded):
+    """Its first run is interrupted, as by Ctrl-C while the caller's thread runs the task."""
+
+    def run(self, names: Any, feeds: Any) -> Any:
+        self.calls.append((threading.get_ident(), os.sched_getaffinity(0)))
+        if len(self.calls) == 1:
+            raise KeyboardInterrupt
+        return self.session.run(names, feeds)
+
+
+def test_an_interrupt_while_the_caller_runs_a_task_frees_its_worker() -> None:
+    proto = zoo.build("lenet5")
+    feeds = random_feeds(proto, 1, seed=3)
+    want = run_whole(proto, feeds)["logits"]
+    mask = os.sched_getaffinity(0)
+    calls: list[tuple[int, set[int]]] = []
+    with Runtime(workers="1x1", narrow=False, gpu_streams=0) as runtime:
+        model = runtime.load(proto)
+        worker = runtime.executor.workers["cpu0"]  # type: ignore[attr-defined]
+        for stage, session in list(worker.sessions.items()):
+            worker.sessions[stage] = Interrupted(session, calls)
+        with pytest.raises(KeyboardInterrupt):
+            model.infer(feeds, timeout=30)
+        assert os.sched_getaffinity(0) == mask
+        assert runtime.scheduler.statistics().running == () and model.pending == 0
+        np.testing.assert_allclose(model.submit(feeds).result(30)["logits"], want, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(model.infer(feeds, timeout=30)["logits"], want, rtol=1e-5, atol=1e-6)

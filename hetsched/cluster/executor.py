@@ -298,6 +298,10 @@ class DaskExecutor:
         """Every task runs on a cluster worker; a caller waiting here only submits."""
         submit(job)
 
+    @staticmethod
+    def hand_over() -> None:
+        """No task is ever kept to run here."""
+
     def start(self, task: Task, worker: WorkerSpec) -> None:
         address = self._address(worker)
         with self._lock:
