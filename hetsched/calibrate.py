@@ -8,8 +8,9 @@ model is at hand, its nodes are profiled at the same batch and kind, and the
 composition correction (:mod:`perfmodels.composition`) is fitted from the
 measured parts and stored too.
 
-GPU and accelerator kinds join when the runtime's workers exist (their
-sessions come from the worker layer); until then only CPU kinds calibrate.
+GPU and accelerator kinds (the runtime's GPU and accelerator workers) are not
+calibrated here: they calibrate online, as dmda sends each uncalibrated
+(stage, kind) pair tasks until its history is trusted.
 """
 
 from __future__ import annotations
