@@ -112,3 +112,29 @@ def test_an_interrupt_while_the_caller_runs_a_task_frees_its_worker() -> None:
         assert runtime.scheduler.statistics().running == () and model.pending == 0
         np.testing.assert_allclose(model.submit(feeds).result(30)["logits"], want, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(model.infer(feeds, timeout=30)["logits"], want, rtol=1e-5, atol=1e-6)
+
+
+def test_a_callback_that_infers_again_is_answered_too() -> None:
+    """A done-callback runs on the thread that finished the request (a worker's, or a caller's
+    running it here); an ``infer`` made there runs its own task there as well."""
+    proto = zoo.build("lenet5")
+    feeds = random_feeds(proto, 1, seed=4)
+    want = run_whole(proto, feeds)["logits"]
+    with Runtime(workers="1x1", narrow=False, gpu_streams=0) as runtime:
+        model = runtime.load(proto, ratios=(0.5, 0.5))
+        nested: list[Any] = []
+        done = threading.Event()
+
+        def again(_: Any) -> None:
+            nested.append(model.infer(feeds, timeout=30))
+            done.set()
+
+        model.submit(feeds).add_done_callback(again)  # finished on the worker's thread
+        assert done.wait(30)
+        done.clear()
+        first = model.submit(feeds, run_here=True)  # finished on this thread
+        first.add_done_callback(again)
+        assert done.wait(30)
+        for answer in [first.result(30), *nested]:
+            np.testing.assert_allclose(answer["logits"], want, rtol=1e-5, atol=1e-6)
+        assert runtime.scheduler.statistics().running == ()
