@@ -35,17 +35,24 @@ class Recorded:
         return self.session.run(names, feeds)
 
 
-def record(runtime: Runtime, calls: list[tuple[int, set[int]]], gate: threading.Event | None = None) -> Any:
+def record(runtime: Runtime, calls: list[tuple[int, set[int]]], gate: threading.Event | None = None,
+           kind: type[Recorded] = Recorded) -> Any:
+    """Wrap every session of the one worker ``cpu0`` in ``kind``; returns the worker."""
     worker = runtime.executor.workers["cpu0"]  # type: ignore[attr-defined]
     for stage, session in list(worker.sessions.items()):
-        worker.sessions[stage] = Recorded(session, calls, gate)
+        worker.sessions[stage] = kind(session, calls, gate)
     return worker
 
 
-def test_infer_runs_every_part_on_the_calling_thread_pinned_to_the_workers_core() -> None:
+def lenet5(batch: int, seed: int) -> tuple[Any, dict[str, np.ndarray], np.ndarray]:
+    """The model, an input, and plain ONNX Runtime's answer to it."""
     proto = zoo.build("lenet5")
-    feeds = random_feeds(proto, 2, seed=1)
-    want = run_whole(proto, feeds)["logits"]
+    feeds = random_feeds(proto, batch, seed=seed)
+    return proto, feeds, run_whole(proto, feeds)["logits"]
+
+
+def test_infer_runs_every_part_on_the_calling_thread_pinned_to_the_workers_core() -> None:
+    proto, feeds, want = lenet5(2, 1)
     mask = os.sched_getaffinity(0)
     calls: list[tuple[int, set[int]]] = []
     with Runtime(workers="1x1", narrow=False, gpu_streams=0) as runtime:
@@ -60,9 +67,7 @@ def test_infer_runs_every_part_on_the_calling_thread_pinned_to_the_workers_core(
 
 
 def test_a_worker_running_a_callers_task_takes_no_other_until_it_ends() -> None:
-    proto = zoo.build("lenet5")
-    feeds = random_feeds(proto, 1, seed=2)
-    want = run_whole(proto, feeds)["logits"]
+    proto, feeds, want = lenet5(1, 2)
     calls: list[tuple[int, set[int]]] = []
     gate = threading.Event()
     with Runtime(workers="1x1", narrow=False, gpu_streams=0) as runtime:
@@ -96,16 +101,12 @@ class Interrupted(Recorded):
 
 
 def test_an_interrupt_while_the_caller_runs_a_task_frees_its_worker() -> None:
-    proto = zoo.build("lenet5")
-    feeds = random_feeds(proto, 1, seed=3)
-    want = run_whole(proto, feeds)["logits"]
+    proto, feeds, want = lenet5(1, 3)
     mask = os.sched_getaffinity(0)
     calls: list[tuple[int, set[int]]] = []
     with Runtime(workers="1x1", narrow=False, gpu_streams=0) as runtime:
         model = runtime.load(proto)
-        worker = runtime.executor.workers["cpu0"]  # type: ignore[attr-defined]
-        for stage, session in list(worker.sessions.items()):
-            worker.sessions[stage] = Interrupted(session, calls)
+        record(runtime, calls, kind=Interrupted)
         with pytest.raises(KeyboardInterrupt):
             model.infer(feeds, timeout=30)
         assert os.sched_getaffinity(0) == mask
@@ -117,9 +118,7 @@ def test_an_interrupt_while_the_caller_runs_a_task_frees_its_worker() -> None:
 def test_a_callback_that_infers_again_is_answered_too() -> None:
     """A done-callback runs on the thread that finished the request (a worker's, or a caller's
     running it here); an ``infer`` made there runs its own task there as well."""
-    proto = zoo.build("lenet5")
-    feeds = random_feeds(proto, 1, seed=4)
-    want = run_whole(proto, feeds)["logits"]
+    proto, feeds, want = lenet5(1, 4)
     with Runtime(workers="1x1", narrow=False, gpu_streams=0) as runtime:
         model = runtime.load(proto, ratios=(0.5, 0.5))
         nested: list[Any] = []
