@@ -89,7 +89,7 @@ def test_the_runtime_counts_a_core_group_in_its_better_mode() -> None:
     from perfmodels.history import HistoryKey, footprint
 
     for wide_s in (0.010, 0.008):
-        with Runtime(workers="1x2", policy="dmda") as runtime:
+        with Runtime(workers="1x2", policy="dmda", gpu_streams=0) as runtime:  # the capacity of cores alone
             model = runtime.load(zoo.build("lenet5"), max_batch=4)
             assert math.isnan(model.rows_per_s(1))  # not calibrated: the chooser skips the size
             wide = next(w for w in runtime.specs if len(w.cores) == 2)

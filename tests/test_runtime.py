@@ -235,7 +235,7 @@ def test_the_callers_array_may_change_after_submit() -> None:
 @pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
                     reason="needs two cores")
 def test_workers_and_their_onnxruntime_threads_run_on_their_cores() -> None:
-    with Runtime(policy="dmda") as runtime:
+    with Runtime(policy="dmda", gpu_streams=0) as runtime:  # the core groups' workers only
         runtime.load(zoo.build("lenet5"), ratios=(0.5, 0.5))
         workers = runtime.executor.workers
         wide = next(w for w in workers.values() if len(w.spec.cores) > 1)
