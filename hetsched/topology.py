@@ -119,6 +119,11 @@ def cpu_workers(topology: Topology, spec: str = "auto", narrow: bool = True) -> 
     return workers
 
 
+def _first_host_node(topology: Topology) -> str:
+    """The memory node of a device worker's host arrays (not yet placed near its device)."""
+    return f"host:{topology.numa_nodes[0] if topology.cores else 0}"
+
+
 @dataclass(frozen=True)
 class Gpu:
     index: int  # the CUDA device number this process sees (after CUDA_VISIBLE_DEVICES)
@@ -156,7 +161,7 @@ def gpu_workers(gpus: list[Gpu], streams: int, topology: Topology) -> list[Worke
     and back within a run), so their memory node is the host's; they hold no cores."""
     if streams < 0:
         raise UsageError(f"gpu_streams={streams}: use 0 (no GPU workers) or more streams per GPU")
-    host = f"host:{topology.numa_nodes[0] if topology.cores else 0}"
+    host = _first_host_node(topology)
     workers = [WorkerSpec(f"gpu{gpu.index}.s{stream}", f"cuda:{gpu.name}", host, (), "cuda", gpu.index)
                for gpu in gpus for stream in range(streams)]
     if workers:
@@ -170,7 +175,7 @@ Provider = str | tuple[str, Mapping[str, Any]]  # as in a session's providers li
 def accelerator_workers(accelerators: Sequence[Provider], topology: Topology) -> list[WorkerSpec]:
     """One worker per accelerator, named ``acc<i>``, its arch the provider's name (which keys its
     perf models); its tensors are host arrays, as a GPU worker's."""
-    host = f"host:{topology.numa_nodes[0] if topology.cores else 0}"
+    host = _first_host_node(topology)
     workers = []
     for index, accelerator in enumerate(accelerators):
         name, options = (accelerator, {}) if isinstance(accelerator, str) else accelerator
@@ -179,5 +184,5 @@ def accelerator_workers(accelerators: Sequence[Provider], topology: Topology) ->
                              "e.g. 'VitisAIExecutionProvider' or ('OpenVINOExecutionProvider', "
                              "{'device_type': 'NPU'})")
         pairs = tuple(sorted((str(key), str(value)) for key, value in options.items()))
-        workers.append(WorkerSpec(f"acc{index}", name, host, (), "accelerator", index, pairs))
+        workers.append(WorkerSpec(f"acc{index}", name, host, (), "accelerator", provider_options=pairs))
     return workers

@@ -9,6 +9,7 @@ onnxruntime-gpu and a GPU, the last test runs the real thing.
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -91,7 +92,19 @@ def test_tasks_run_on_gpu_workers_beside_the_core_groups(monkeypatch: Any) -> No
         assert [s.name for s in runtime.specs] == ["cpu0", "gpu0.s0", "gpu0.s1"]
         assert runtime._slots == 3  # a core, and each stream
         ran = workers_that_ran(runtime, monkeypatch)
+        threads: dict[str, set[int | None]] = {}
+        for worker in runtime.executor.workers.values():  # type: ignore[attr-defined]
+            original = worker._run_task
+
+            def run_task(task: Any, session: Any, name: str = worker.spec.name,
+                         original: Any = original) -> None:
+                threads.setdefault(name, set()).add(threading.get_ident())
+                original(task, session)
+
+            worker._run_task = run_task
         answers_like_plain_onnxruntime(runtime, "googlenet", rtol=1e-4)
+        for name in ("gpu0.s0", "gpu0.s1"):  # never on a caller's thread (infer's run_here)
+            assert threads[name] == {runtime.executor.workers[name]._thread.ident}  # type: ignore[attr-defined]
     assert {"cpu0", "gpu0.s0", "gpu0.s1"} <= set(ran)
 
 
