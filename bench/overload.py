@@ -6,10 +6,13 @@ round by round, each in a fresh daemon with a fresh perf-model directory (calibr
 first start is), so the machine's noise hits them alike; per configuration, the median over rounds
 of answers per second and p99, the share of the machine's CPU time left idle meanwhile (with a
 backlog waiting, idle cores are lost throughput), and, from the daemon's Chrome trace, how many
-rows each task ran and on which kind of worker.  Writes bench/results/overload.json and its section
-of bench/RESULTS.md.
+rows each task ran and on which kind of worker.  Triton's one instance per core (``triton 2x1t``
+on two cores, with and without its dynamic batcher) runs the same load in the same rounds, through
+bench's real Triton server (hetsched.tritonserver), for the bar hetsched must reach.  Writes
+bench/results/<section>.json and its section of bench/RESULTS.md.
 
-    PYTHONPATH=.:bench python bench/overload.py [--model yolov8n] [--rate 57] [--rounds 3]
+    PYTHONPATH=.:bench python bench/overload.py [--model yolov8n] [--rate 57] [--rounds 3] \\
+        [--section overload]
 """
 
 from __future__ import annotations
@@ -33,13 +36,24 @@ from results_md import write_section
 
 from hetsched import zoo
 from hetsched.daemon.process import DaemonProcess
+from hetsched.tritonserver import TritonConfig, TritonServer
 
 HERE = Path(__file__).parent
 NARROW_ONLY = 'parameters { key: "hetsched.workers" value: { string_value: "%dx1" } }\n'
+BATCH8 = "max_batch_size: 8\ndynamic_batching { max_queue_delay_microseconds: 2000 }\n"
 CONFIGS = {  # label -> config.pbtxt (completed from the model by the daemon)
     "default": "",
     "b1": "max_batch_size: 0\n",
     "b1 narrow only": "max_batch_size: 0\n" + NARROW_ONLY % (os.cpu_count() or 1),
+    # Triton's 2x1t setup in bench/compare_triton.py batches up to 8 rows with a 2 ms delay
+    "b8": BATCH8,
+    "b8 narrow only": BATCH8 + NARROW_ONLY % (os.cpu_count() or 1),
+}
+CORES = os.cpu_count() or 1
+TRITON = {  # label -> how Triton serves the model
+    f"triton {CORES}x1t": TritonConfig(instances=CORES, threads=1),
+    f"triton {CORES}x1t b8": TritonConfig(instances=CORES, threads=1, max_batch_size=8,
+                                          max_queue_delay_us=2000),
 }
 
 
@@ -63,6 +77,26 @@ def task_mix(trace_file: Path, last_s: float) -> dict[str, Any]:
             "rows": {str(k): rows[k] for k in sorted(rows)}}
 
 
+def measure(target: Target, rate: float, seconds: float) -> dict[str, Any]:
+    """The open-loop load against a warmed-up server: answers, p99, errors and the idle CPU share."""
+    closed_loop(target, 2, 3.0)  # the clients' warm-up, after the server's own
+    before = cpu_times()
+    result = open_loop(target, rate, seconds, "poisson", drain_s=30.0)
+    spent = [a - b for a, b in zip(cpu_times(), before)]
+    return {"answers_per_s": result.achieved_rate, "p99_ms": result.p99_ms, "errors": dict(result.errors),
+            "idle_share": spent[3] / sum(spent)}
+
+
+def triton_run(model_path: Path, name: str, config: TritonConfig, rate: float, seconds: float,
+               scratch: Path) -> dict[str, Any]:
+    server = TritonServer({name: model_path}, config, workdir=scratch / f"triton-{time.time_ns()}")
+    try:
+        row = measure(Target(f"grpc://{server.grpc}", name), rate, seconds)
+    finally:
+        server.stop()
+    return {**row, "tasks": 0, "wide_share": 0.0, "rows": {}}  # no trace of Triton's batches here
+
+
 def one_run(model_path: Path, name: str, config: str, rate: float, seconds: float, scratch: Path
             ) -> dict[str, Any]:
     run = scratch / f"run-{time.time_ns()}"
@@ -72,16 +106,10 @@ def one_run(model_path: Path, name: str, config: str, rate: float, seconds: floa
     trace_file = run / "trace.json"
     with DaemonProcess(run / "repository", "--trace-file", str(trace_file),
                        perfmodel_dir=run / "perfmodels") as d:
-        target = Target(f"grpc://{d.grpc}", name)
-        closed_loop(target, 2, 3.0)  # the clients' warm-up, after the daemon's own calibration
         started = time.perf_counter()
-        before = cpu_times()
-        result = open_loop(target, rate, seconds, "poisson", drain_s=30.0)
-        spent = [a - b for a, b in zip(cpu_times(), before)]
+        row = measure(Target(f"grpc://{d.grpc}", name), rate, seconds)
         load_s = time.perf_counter() - started  # the trace's last seconds: written at the daemon's stop
-    mix = task_mix(trace_file, load_s)
-    return {"answers_per_s": result.achieved_rate, "p99_ms": result.p99_ms, "errors": dict(result.errors),
-            "idle_share": spent[3] / sum(spent), **mix}
+    return {**row, **task_mix(trace_file, load_s)}
 
 
 def run(name: str, rate: float, seconds: float, rounds: int, labels: list[str]) -> dict[str, Any]:
@@ -91,7 +119,8 @@ def run(name: str, rate: float, seconds: float, rounds: int, labels: list[str]) 
     runs: dict[str, list[dict[str, Any]]] = {label: [] for label in labels}
     for index in range(rounds):
         for label in labels:
-            row = one_run(model_path, name, CONFIGS[label], rate, seconds, scratch)
+            row = (triton_run(model_path, name, TRITON[label], rate, seconds, scratch) if label in TRITON
+                   else one_run(model_path, name, CONFIGS[label], rate, seconds, scratch))
             runs[label].append(row)
             print(f"round {index + 1}/{rounds} {label}: {row['answers_per_s']:.1f} answers/s, "
                   f"p99 {row['p99_ms']:.0f} ms, idle {row['idle_share']:.1%}, wide {row['wide_share']:.0%} "
@@ -104,7 +133,8 @@ def report(results: dict[str, Any], command: str) -> str:
         f"## Past saturation: {results['model']} at {results['rate']:g} req/s offered (bench/overload.py)",
         "",
         f"`{command}` on {platform.node()} ({os.cpu_count()} cores, no GPU), {date.today().isoformat()}. "
-        f"Each round runs every configuration in a fresh daemon (fresh perf models, calibrated at load), "
+        f"Each round runs every configuration in a fresh server (hetsched: fresh perf models, calibrated at "
+        f"load; Triton: `nvidia-pytriton`'s tritonserver, Python backend running ONNX Runtime), "
         f"{results['seconds']:g} s of open-loop Poisson batch-1 requests through `tritonclient` gRPC; "
         f"medians over {results['rounds']} rounds. Idle: the machine's idle CPU time meanwhile (client "
         f"included). Wide: tasks run on a wide (all-core) worker; rows: tasks by batch rows, all rounds.",
@@ -117,12 +147,14 @@ def report(results: dict[str, Any], command: str) -> str:
         mix: Counter[str] = Counter()
         for r in rows:
             mix.update(r["rows"])
+        traced = label not in TRITON  # Triton's batches are not traced here
+        wide = f"{statistics.median(r['wide_share'] for r in rows):.0%}" if traced else "–"
+        by_rows = ", ".join(f"{k}: {v}" for k, v in sorted(mix.items(), key=lambda kv: int(kv[0])))
         lines.append(
             f"| {label} | {statistics.median(rates):.1f} | {', '.join(f'{x:.1f}' for x in rates)} | "
             f"{statistics.median(r['p99_ms'] for r in rows):.0f} | "
-            f"{statistics.median(r['idle_share'] for r in rows):.1%} | "
-            f"{statistics.median(r['wide_share'] for r in rows):.0%} | "
-            f"{', '.join(f'{k}: {v}' for k, v in sorted(mix.items(), key=lambda kv: int(kv[0])))} |")
+            f"{statistics.median(r['idle_share'] for r in rows):.1%} | {wide} | "
+            f"{by_rows if traced else '–'} |")
     return "\n".join(lines)
 
 
@@ -132,19 +164,21 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=57.0, help="offered requests per second")
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated, of {list(CONFIGS)}")
+    known = [*CONFIGS, *TRITON]
+    parser.add_argument("--configs", default=",".join(known), help=f"comma-separated, of {known}")
+    parser.add_argument("--section", default="overload", help="RESULTS.md section and results/<section>.json")
     args = parser.parse_args()
     labels = [label.strip() for label in args.configs.split(",")]
-    unknown = sorted(set(labels) - set(CONFIGS))
+    unknown = sorted(set(labels) - set(known))
     if unknown:
-        parser.error(f"unknown configs {unknown}; known: {list(CONFIGS)}")
+        parser.error(f"unknown configs {unknown}; known: {known}")
     results = run(args.model, args.rate, args.seconds, args.rounds, labels)
     (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "overload.json").write_text(json.dumps(results, indent=2) + "\n")
+    (HERE / "results" / f"{args.section}.json").write_text(json.dumps(results, indent=2) + "\n")
     command = "PYTHONPATH=.:bench python bench/overload.py " + " ".join(sys.argv[1:])
     text = report(results, command.strip())
     print(text)
-    write_section(text, HERE / "RESULTS.md", "overload")
+    write_section(text, HERE / "RESULTS.md", args.section)
     return 0
 
 

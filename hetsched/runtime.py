@@ -338,7 +338,8 @@ class Runtime:
             gpus = discover_gpus() if gpu_streams else []
             self.executor = ThreadExecutor(cpu_workers(topology, workers, narrow)
                                            + gpu_workers(gpus, gpu_streams, topology)
-                                           + accelerator_workers(accelerators, topology), self._run_task)
+                                           + accelerator_workers(accelerators, topology), self._run_task,
+                                           self._task_io)
         self.store = PerfModelStore(perfmodel_dir) if perfmodel_dir is not None else None
         history = self.store.load_history() if self.store else HistoryModel()
         self._recorded = HistoryModel(min_samples=history.min_samples)  # what this run learned

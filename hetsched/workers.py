@@ -34,8 +34,10 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
+from hetsched import numa
 from hetsched.errors import DeviceUnavailableError
-from hetsched.platform import Report, StageModel
+from hetsched.placement import NumaPlacer, host_node
+from hetsched.platform import Report, StageModel, TaskIO
 from hetsched.task import Job, Task, WorkerSpec
 from perfmodels.measure import session_options as measured_session_options
 from perfmodels.transfer import BusModel
@@ -226,15 +228,25 @@ class _Caller(threading.local):
 class ThreadExecutor:
     """The platform of this machine's worker threads: core groups and GPU streams."""
 
-    def __init__(self, specs: list[WorkerSpec], run_task: Callable[[Task, Any], None]) -> None:
+    def __init__(self, specs: list[WorkerSpec], run_task: Callable[[Task, Any], None],
+                 task_io: Callable[[Task], TaskIO] | None = None) -> None:
+        """``task_io``: a task's tensors, for copying its inputs to its worker's NUMA node where the
+        core workers span several nodes (:mod:`hetsched.placement`); None: never copied."""
         self._run_task = run_task
+        self._task_io = task_io
         self.specs = specs
         self.workers = {spec.name: Worker(spec, self._done, run_task) for spec in specs}
         self.report: Report | None = None
         self.on_join: Callable[[WorkerSpec], None] | None = None  # a machine's workers never change
         self.on_leave: Callable[[WorkerSpec], None] | None = None
-        self.bus = BusModel()  # every worker reads host memory: nothing to move
+        self.bus = BusModel()  # every worker reads host memory: nothing must move
         self._caller = _Caller()
+        node_cores: dict[int, list[int]] = {}
+        for spec in specs:
+            if spec.cores:
+                node_cores.setdefault(host_node(spec), []).extend(spec.cores)
+        self.placer = (NumaPlacer({node: sorted(set(cores)) for node, cores in node_cores.items()})
+                       if task_io is not None and len(node_cores) > 1 and numa.supported() else None)
 
     def load(self, stages: list[StageModel]) -> None:
         for future in [worker.load(stages) for worker in self.workers.values()]:
@@ -290,8 +302,15 @@ class ThreadExecutor:
             self.hand_over()  # one that started as submit raised, or as an interrupt came: its worker runs it
 
     def prefetch(self, task: Task, worker: WorkerSpec) -> None:
-        """Host memory only so far: every input is already where a CPU worker reads it."""
+        """Every worker can read host memory; where the core workers span NUMA nodes, the task's
+        inputs are copied to its worker's node meanwhile."""
+        if self.placer is not None and worker.cores:
+            assert self._task_io is not None
+            io = self._task_io(task)
+            self.placer.prefetch(io.values, io.inputs, host_node(worker))
 
     def stop(self) -> None:
         for worker in self.workers.values():
             worker.stop()
+        if self.placer is not None:
+            self.placer.stop()
