@@ -22,7 +22,9 @@ from typing import Any
 import numpy as np
 
 from hetsched import numa
-from hetsched.task import WorkerSpec
+from hetsched.clock import MonotonicClock
+from hetsched.platform import TransferReport
+from hetsched.task import Task, WorkerSpec
 
 log = logging.getLogger(__name__)
 # Smaller tensors fit in a cache, and a copy (a page fault per 4 KiB) costs more than reading them
@@ -49,8 +51,10 @@ class NumaPlacer:
         for thread in self._threads:
             thread.start()
 
-    def prefetch(self, values: MutableMapping[str, Any], names: Sequence[str], node: int) -> None:
-        """Copy those of ``values[names]`` that are big enough and on another node to ``node``."""
+    def prefetch(self, task: Task, values: MutableMapping[str, Any], names: Sequence[str], node: int,
+                 report: TransferReport | None = None) -> None:
+        """Copy those of ``values[names]`` (``task``'s inputs) that are big enough and on another
+        node to ``node``; ``report`` hears of each copy swapped in."""
         inbox = self._inbox.get(node)
         if inbox is None:
             return
@@ -60,7 +64,7 @@ class NumaPlacer:
                 continue
             where = numa.node_of(array)
             if where is not None and where != node:
-                inbox.put((values, name, array))
+                inbox.put((task, values, name, array, where, report))
 
     def _loop(self, node: int, cores: tuple[int, ...]) -> None:
         try:
@@ -69,9 +73,10 @@ class NumaPlacer:
             log.warning("numa copier for node %d: could not pin to %s (%s)", node, cores, exc)
         inbox = self._inbox[node]
         while (item := inbox.get()) is not _STOP:
-            values, name, array = item
+            task, values, name, array, where, report = item
             if values.get(name) is not array:
                 continue  # answered already, or swapped for a copy meanwhile
+            started = MonotonicClock.now()
             try:
                 local = numa.copy_to(array, node)
             except OSError as exc:
@@ -82,6 +87,8 @@ class NumaPlacer:
             if values.get(name) is array:  # still wanted (a finished request's tensors are cleared)
                 values[name] = local
                 self.copies += 1
+                if report is not None:
+                    report(task, f"host:{where}", f"host:{node}", array.nbytes, started, MonotonicClock.now())
 
     def stop(self) -> None:
         for inbox in self._inbox.values():

@@ -17,6 +17,9 @@ from hetsched.task import Job, Task, WorkerSpec
 from perfmodels.transfer import BusModel
 
 Report = Callable[[Task, BaseException | None], None]
+# (task, source node, target node, bytes, start, end on the scheduler's clock): a move of a task's
+# inputs made ahead of the task, for traces
+TransferReport = Callable[[Task, str, str, int, float, float], None]
 CLIENT_MEMORY = "host:0"  # where a request's inputs arrive and its answers are returned
 
 
@@ -50,6 +53,7 @@ class Platform(Protocol):
     specs: list[WorkerSpec]
     bus: BusModel  # transfer costs between the platform's memory nodes
     report: Report | None  # the scheduler's task_done, connected by the runtime
+    on_transfer: TransferReport | None  # the runtime's tracer, if it traces
     on_join: Callable[[WorkerSpec], None] | None
     on_leave: Callable[[WorkerSpec], None] | None
 

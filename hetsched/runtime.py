@@ -352,6 +352,7 @@ class Runtime:
                                    instruments=[*instruments, *([self.tracer] if self.tracer else [])],
                                    backlog=self._backlogged)
         self.executor.report = self.scheduler.task_done
+        self.executor.on_transfer = self.tracer.on_transfer if self.tracer else None
         self.executor.on_join = self._joined
         self.executor.on_leave = self._left
         self.models: dict[str, Model] = {}

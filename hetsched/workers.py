@@ -37,7 +37,7 @@ from typing import Any
 from hetsched import numa
 from hetsched.errors import DeviceUnavailableError
 from hetsched.placement import NumaPlacer, host_node
-from hetsched.platform import Report, StageModel, TaskIO
+from hetsched.platform import Report, StageModel, TaskIO, TransferReport
 from hetsched.task import Job, Task, WorkerSpec
 from perfmodels.measure import session_options as measured_session_options
 from perfmodels.transfer import BusModel
@@ -237,6 +237,7 @@ class ThreadExecutor:
         self.specs = specs
         self.workers = {spec.name: Worker(spec, self._done, run_task) for spec in specs}
         self.report: Report | None = None
+        self.on_transfer: TransferReport | None = None
         self.on_join: Callable[[WorkerSpec], None] | None = None  # a machine's workers never change
         self.on_leave: Callable[[WorkerSpec], None] | None = None
         self.bus = BusModel()  # every worker reads host memory: nothing must move
@@ -307,7 +308,7 @@ class ThreadExecutor:
         if self.placer is not None and worker.cores:
             assert self._task_io is not None
             io = self._task_io(task)
-            self.placer.prefetch(io.values, io.inputs, host_node(worker))
+            self.placer.prefetch(task, io.values, io.inputs, host_node(worker), self.on_transfer)
 
     def stop(self) -> None:
         for worker in self.workers.values():

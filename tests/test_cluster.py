@@ -83,10 +83,12 @@ def test_every_answer_across_nodes_equals_plain_onnxruntime(client: distributed.
         assert runtime.tracer is not None
         used = {event.worker for event in runtime.tracer.events() if event.worker}
         stats = runtime.scheduler.statistics()
+        moved = runtime.tracer.transfer_summary()
     assert stats.finished_jobs == 150 and stats.failed_jobs == 0
     assert len(used) == 3, "every node ran tasks"
     if policy == "dmda":  # it queues tasks on busy workers, whose inputs then go ahead (eager never queues)
         assert runtime.executor.prefetched > 0
+        assert moved.transfers > 0 and moved.nbytes > 0 and 0 <= moved.hidden_share <= 1
 
 
 def test_a_part_boundary_crossing_nodes_moves_data_peer_to_peer(client: distributed.Client) -> None:

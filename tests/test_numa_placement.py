@@ -63,16 +63,20 @@ def test_inputs_copied_to_the_workers_node_give_the_same_answers(
     monkeypatch.setattr(numa, "empty_on", lambda node, shape, dtype: real_empty_on(0, shape, dtype))
     proto = zoo.build(name)
     feeds = [random_feeds(proto, 1, seed=seed) for seed in range(16)]
-    with runtime.Runtime(workers="auto", gpu_streams=0) as rt:
+    with runtime.Runtime(workers="auto", gpu_streams=0, trace=True) as rt:
         assert [w.memory_node for w in rt.specs] == ["host:0", "host:1"]
         placer = rt.executor.placer  # type: ignore[attr-defined]
         assert placer is not None
         model = rt.load(proto, ratios=(0.5, 0.5))
         futures: list[Future[dict[str, np.ndarray]]] = [model.submit(f) for f in feeds]
         answers = [future.result(timeout=120) for future in futures]
+    assert rt.tracer is not None
+    copies = rt.tracer.transfers()  # after close: the copier threads have stopped
     for feed, answer in zip(feeds, answers):
         for output, want in run_whole(proto, feed).items():
             np.testing.assert_allclose(answer[output], want, rtol=1e-4, atol=1e-5)
     # Every request's input lands on node 0 and its worker is on node 0 or 1; every part's outputs on
     # node 0 (real memory).  So the worker on node 1 has copies made for most of its tasks.
     assert placer.copies > 0 and placer.skipped == 0
+    assert len(copies) == placer.copies  # each copy swapped in is in the trace, to the worker's node
+    assert {c.target for c in copies} <= {"host:0", "host:1"} and all(c.source != c.target for c in copies)

@@ -4,7 +4,10 @@ request, and the per-worker summary; and `hetsched serve --trace-file` writing o
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -58,6 +61,33 @@ def test_chrome_trace_has_a_slice_per_task_and_an_async_slice_per_request() -> N
         assert end == pytest.approx(max(mine))
     assert max(ends.values()) == pytest.approx(5e6)  # 3 x (2 + 1) s of work on two workers
     json.dumps(trace)  # what Perfetto reads
+
+
+def test_transfers_get_a_row_per_link_and_the_share_hidden_under_compute() -> None:
+    """A transfer over before its task started is hidden; one still running when it started, only
+    up to the start."""
+    recorder = traced_run()
+    starts = {(e.job, e.part): e for e in recorder.events() if e.event == "start"}
+    early, late = starts[("r0", 1)], starts[("r2", 0)]
+
+    def task(event: Any) -> Any:  # what on_transfer reads of a task
+        return SimpleNamespace(id=event.task_id, job=SimpleNamespace(name=event.job))
+
+    recorder.on_transfer(task(early), "host:0", "host:1", 4096, early.when_s - 1.0, early.when_s - 0.5)
+    recorder.on_transfer(task(late), "host:1", "host:0", 1024, late.when_s - 0.5, late.when_s + 0.5)
+    summary = recorder.transfer_summary()
+    assert (summary.transfers, summary.nbytes) == (2, 5120)
+    assert summary.seconds == pytest.approx(1.5) and summary.hidden_share == pytest.approx(1.0 / 1.5)
+    events = recorder.chrome_trace()["traceEvents"]
+    rows = {e["tid"]: e["args"]["name"] for e in events if e["ph"] == "M"}
+    moves = [e for e in events if e["ph"] == "X" and rows[e["tid"]].startswith("transfers")]
+    assert {rows[e["tid"]] for e in moves} == {"transfers host:0 -> host:1", "transfers host:1 -> host:0"}
+    assert sorted(e["args"]["bytes"] for e in moves) == [1024, 4096]
+    assert sorted(e["dur"] for e in moves) == pytest.approx([0.5e6, 1e6])
+
+
+def test_no_transfers_no_hidden_share() -> None:
+    assert math.isnan(traced_run().transfer_summary().hidden_share)
 
 
 def test_summary_gives_each_workers_busy_time() -> None:

@@ -40,10 +40,11 @@ from typing import Any
 from distributed import Client
 from distributed.protocol import to_serialize
 
+from hetsched.clock import MonotonicClock
 from hetsched.cluster.host import PLUGIN_NAME, WIDE, HetschedHost
 from hetsched.cluster.network import calibrate_links, memory_node
 from hetsched.errors import RemoteTaskError, UsageError, WorkerLostError
-from hetsched.platform import CLIENT_MEMORY, Report, StageModel, TaskIO
+from hetsched.platform import CLIENT_MEMORY, Report, StageModel, TaskIO, TransferReport
 from hetsched.task import Job, Task, WorkerSpec
 from perfmodels.transfer import BusModel
 
@@ -124,6 +125,7 @@ class DaskExecutor:
         self.owner = uuid.uuid4().hex[:12]  # this runtime, on hosts other runtimes may share
         self.bus = BusModel()
         self.report: Report | None = None
+        self.on_transfer: TransferReport | None = None
         self.on_join: Callable[[WorkerSpec], None] | None = None
         self.on_leave: Callable[[WorkerSpec], None] | None = None
         assert self.client.loop is not None, "a synchronous Client runs its own event loop"
@@ -272,7 +274,10 @@ class DaskExecutor:
         if not moves or not worth_sending_ahead(self.bus, moves, worker.memory_node, self.prefetch_min_s):
             return
         key = self._job_key(task.job)
-        staging = asyncio.run_coroutine_threadsafe(self._stage(address, key, inline, fetch), self._loop)
+        sources = ",".join(sorted({source for source, _ in moves}))
+        moved = (task, sources, worker.memory_node, sum(nbytes for _, nbytes in moves), MonotonicClock.now())
+        staging = asyncio.run_coroutine_threadsafe(self._stage(address, key, inline, fetch, moved),
+                                                   self._loop)
         with self._lock:
             self._staged[task.id] = (
                 address,
@@ -283,15 +288,21 @@ class DaskExecutor:
             self.prefetched += 1
 
     async def _stage(
-        self, address: str, job: str, inline: dict[str, Any], fetch: dict[str, list[str]]
+        self, address: str, job: str, inline: dict[str, Any], fetch: dict[str, list[str]],
+        moved: tuple[Task, str, str, int, float],
     ) -> bool:
+        """Send ``inline`` and have the worker pull ``fetch`` for a task; ``moved`` is (the task,
+        its inputs' sources, the worker's node, bytes, when the move began) for the trace."""
         values = {name: to_serialize(value) for name, value in inline.items()}
         try:
             answer = await self.client.rpc(address).hetsched_stage(job=job, inputs=values, fetch=fetch)
         except OSError:
             return False  # the task itself will report the worker's loss
         self._observe(address, answer.get("transfers", ()))
-        return bool(answer["status"] == "ok")
+        staged = answer["status"] == "ok"
+        if staged and self.on_transfer is not None:
+            self.on_transfer(*moved, MonotonicClock.now())
+        return bool(staged)
 
     @staticmethod
     def run_here(job: Job, submit: Callable[[Job], None]) -> None:
