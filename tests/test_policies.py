@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 
 from hetsched.clock import FakeClock
-from hetsched.perf import TableOracle
+from hetsched.perf import HistoryOracle, TableOracle
 from hetsched.policies import POLICIES, make_policy
 from hetsched.policies.dmda import tail_latency
 from hetsched.scheduler import Scheduler, WorkerFault
 from hetsched.simulate import SimulatedExecutor, poisson_arrivals, table_duration
 from hetsched.task import Job, Task, TaskState, WorkerSpec
+from perfmodels.history import HistoryModel
 
 GPU = WorkerSpec("gpu0", "cuda:sim", "cuda:0", (), "cuda")
 CPU = WorkerSpec("cpu0", "cpu:1t", "host:0", (0,))
@@ -152,6 +153,30 @@ def test_wide_or_narrow_per_task_matches_the_better_static_configuration_at_ever
     p99 = {label: float(np.percentile(open_loop_latencies(workers, table, rate), 99))
            for label, workers in {"dmda": [WIDE, *NARROW], "wide": [WIDE], "narrow": NARROW}.items()}
     assert p99["dmda"] <= 1.05 * min(p99["wide"], p99["narrow"]), p99
+
+
+def test_a_wide_worker_calibrated_too_slow_is_timed_again_and_taken_back() -> None:
+    """Calibrated in a noisy second, the wide worker's history says 17 ms against the narrow ones'
+    18 ms (truth: 10 ms wide).  At 30% of the narrow workers' capacity the tail model then drops it
+    (p99 83 ms against 33), though the true 10 ms would win (28 ms); never run again, its
+    prediction would stand for good.  Re-timed once a second when its group is idle, the history
+    learns its real runs and the wide worker takes most tasks."""
+    truth = {("s", "cpu:2t"): 0.010, ("s", "cpu:1t"): 0.018}
+    oracle = HistoryOracle(HistoryModel())
+    for worker, seconds in ((WIDE, 0.017), (NARROW[0], 0.018)):
+        for _ in range(5):
+            oracle.record(make_job("calibration", ["s"], [[]], []).tasks[0], worker, seconds)
+    clock = FakeClock()
+    executor = SimulatedExecutor(clock, table_duration(truth))
+    executor.scheduler = Scheduler(make_policy("dmda"), [WIDE, *NARROW], clock=clock, executor=executor,
+                                   perf=oracle)
+    done: list[Job] = []
+    arrivals = poisson_arrivals(executor, 0.3 * 2 / 0.018, 1500,
+                                lambda index: make_job(f"r{index:05d}", ["s"], [[]], done))
+    check_invariants([job for _, job in arrivals], done, executor)
+    later = [worker for _, worker in executor.started[750:]]
+    assert later.count("wide") / len(later) > 0.5
+    assert oracle.predict(arrivals[-1][1].tasks[0], WIDE) == pytest.approx(0.010)
 
 
 @pytest.mark.parametrize("load", [0.5, 0.8, 0.9])

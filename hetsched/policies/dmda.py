@@ -41,7 +41,9 @@ static configurations at every load from 30% up, on models that scale well or po
 on one that scales poorly it costs up to 1.2x the narrow workers' p99 (the tail model
 is rough at light load).  Taking the idle group whatever the arrivals had cost up to
 1.4x there, from 10% to 70% load.  Until the perf models are calibrated, the wide
-worker is a candidate while no task waits for it.
+worker is a candidate while no task waits for it; once they are, a wide worker that has
+not run for PROBE_AFTER_S may take a task that finds its group idle and predicts it no
+slower than a narrow worker, so a prediction timed in a bad second is timed again.
 (StarPU's combined workers, with the mode chosen per task.)
 
 Expected free times are kept per core
@@ -102,6 +104,12 @@ TAIL_SLACK = 1.05
 # averaged exponentially over about 1 / PACE_WEIGHT tasks); a pace stays within PACE_LIMITS.
 PACE_WEIGHT = 0.05
 PACE_LIMITS = (0.25, 4.0)
+# A wide worker the tail model keeps dropping never runs, so a pessimistic prediction of it (its
+# calibration timed during a noisy second: googlenet's 2-thread runs at 35 ms, not 19) would stand
+# for good, and the group serve as narrow workers at a load where wide answers sooner.  So when it
+# has not run for this long, a task that finds its group idle and predicts it no slower than a
+# narrow worker may take it: by the prediction that request loses nothing, and its run re-times it.
+PROBE_AFTER_S = 1.0
 
 
 def tail_latency(service_s: float, servers: int, utilization: float) -> float:
@@ -172,6 +180,7 @@ class Dmda(Policy):
         # count of pushes that found the group busy (an arrival overlapping another's run), decayed
         self._offered: dict[str, list[float]] = {}
         self._offered_at: float | None = None
+        self._wide_ran_s: dict[str, float] = {}  # wide worker -> when it last started a task (or joined)
 
     @staticmethod
     def _slots_of(worker: WorkerSpec) -> list[str]:
@@ -193,6 +202,9 @@ class Dmda(Policy):
                            for w in workers}
         self._wide = {name for name, narrow in self._narrow_of.items() if narrow}
         self._wide_workers = [w for w in workers if w.name in self._wide]
+        now = self.context.clock.now()
+        for wide in self._wide_workers:  # staleness counts from when a worker joined
+            self._wide_ran_s.setdefault(wide.name, now)
 
     def add_worker(self, worker: WorkerSpec) -> None:
         self._index()
@@ -220,7 +232,8 @@ class Dmda(Policy):
             wide_s, narrow_s = self._group_lengths(wide.name, predicted)
             groups.append((wide, wide_s, narrow_s, self._idle(wide)))
         dropped = [wide.name for wide, wide_s, narrow_s, idle in groups
-                   if not ((idle and self._alone(wide)) or self._wide_pays(wide, wide_s, narrow_s))]
+                   if not ((idle and (self._alone(wide) or self._probe(wide, wide_s, narrow_s, now)))
+                           or self._wide_pays(wide, wide_s, narrow_s))]
         known = [group for group in groups if math.isfinite(group[1]) and math.isfinite(group[2])]
         for wide, wide_s, narrow_s, idle in known:  # the task goes to one group: each sees its share
             offered = self._offered.setdefault(wide.name, [0.0, 0.0, 0.0])
@@ -240,6 +253,11 @@ class Dmda(Policy):
         16 ms, narrow 18 ms) taking them cost the next arrivals up to 1.4x the narrow workers' p99."""
         offered = self._offered.get(wide.name)
         return offered is None or offered[2] < OVERLAP_TOLERANCE
+
+    def _probe(self, wide: WorkerSpec, wide_s: float, narrow_s: float, now: float) -> bool:
+        """Whether an idle group's wide worker, not run for PROBE_AFTER_S and predicted no slower
+        than its narrow ones for this task, may take it to be timed again (see PROBE_AFTER_S)."""
+        return wide_s <= narrow_s and now - self._wide_ran_s[wide.name] >= PROBE_AFTER_S
 
     def _group_lengths(self, wide: str, predicted: dict[str, float]) -> tuple[float, float]:
         """Predicted seconds of the task on a wide worker and on its fastest narrow one (NaN when
@@ -381,6 +399,8 @@ class Dmda(Policy):
             self._unreserve(slot, length)
             free_s[slot] = now + length + queued_s[slot]  # started now, whatever was predicted
         self._busy.update(slots)
+        if name in self._wide:
+            self._wide_ran_s[name] = now
         return task
 
     def _unreserve(self, slot: str, length_s: float) -> None:
