@@ -6,8 +6,10 @@ that made them.  :class:`NumaPlacer` then copies each input of at least ``MIN_BY
 worker's node (:func:`hetsched.numa.copy_to`), on a thread pinned to that node's cores, and swaps
 the copy into the request's tensors once it is whole.  Nothing waits for it: a task that starts
 before its copy is done reads the original, remote but the same numbers, so placement can only
-change where memory is read from, never what is computed.  One node, or no ``mbind`` here: no
-placer at all.
+change where memory is read from, never what is computed.  Off unless asked for
+(``Runtime(numa_copies=True)``): each copy costs fresh pages (a fault per 4 KiB, an mmap and an
+munmap) and a copier thread on cores whose workers may be running, and it has not been measured
+on a machine of several nodes yet.  One node, or no ``mbind`` here: no placer at all.
 """
 
 from __future__ import annotations
@@ -60,8 +62,8 @@ class NumaPlacer:
             return
         for name in names:
             array = values.get(name)
-            if not isinstance(array, np.ndarray) or array.nbytes < MIN_BYTES:
-                continue
+            if not isinstance(array, np.ndarray) or array.nbytes < MIN_BYTES or array.dtype.hasobject:
+                continue  # small, or strings (object arrays: pointers, nothing to place)
             where = numa.node_of(array)
             if where is not None and where != node:
                 inbox.put((task, values, name, array, where, report))
@@ -79,12 +81,14 @@ class NumaPlacer:
             started = MonotonicClock.now()
             try:
                 local = numa.copy_to(array, node)
-            except OSError as exc:
+            except Exception as exc:  # the input stays where it is; this thread keeps serving
                 self.skipped += 1
                 if self.skipped == 1:
                     log.warning("inputs stay where they are: %s", exc)
                 continue
-            if values.get(name) is array:  # still wanted (a finished request's tensors are cleared)
+            # Still wanted: a finished request's tensors are cleared.  (Cleared between this test and
+            # the store, the dict keeps the copy until the request's data is dropped: no one reads it.)
+            if values.get(name) is array:
                 values[name] = local
                 self.copies += 1
                 if report is not None:

@@ -321,13 +321,15 @@ class Runtime:
     def __init__(self, workers: str = "auto", policy: str = "dmda", narrow: bool = True,
                  perfmodel_dir: str | os.PathLike[str] | None = None, trace: bool = False,
                  instruments: Sequence[Instrument] = (), cluster: Any = None, gpu_streams: int = 2,
-                 accelerators: Sequence[Provider] = ()) -> None:
+                 accelerators: Sequence[Provider] = (), numa_copies: bool = False) -> None:
         """``workers``: this machine's core groups (:func:`~hetsched.topology.core_groups`), beside
         ``gpu_streams`` workers on each GPU found (0: none; GPUs need onnxruntime-gpu) and one
         worker per accelerator, named by its execution provider as in ORT's ``providers`` list
         (e.g. ``[("VitisAIExecutionProvider", {"config_file": "vaip_config.json"})]``).
         ``cluster``: a ``distributed.Client`` or a Dask scheduler address; then the workers are the
-        cluster's (a hetsched host on each Dask worker) instead of this machine's."""
+        cluster's (a hetsched host on each Dask worker) instead of this machine's.
+        ``numa_copies``: on a machine of several NUMA nodes, copy each task's inputs to its worker's
+        node while the worker is busy (:mod:`hetsched.placement`; not measured on such a machine yet)."""
         self.executor: Platform
         if cluster is not None:
             from hetsched.cluster.executor import DaskExecutor
@@ -339,7 +341,7 @@ class Runtime:
             self.executor = ThreadExecutor(cpu_workers(topology, workers, narrow)
                                            + gpu_workers(gpus, gpu_streams, topology)
                                            + accelerator_workers(accelerators, topology), self._run_task,
-                                           self._task_io)
+                                           self._task_io, topology.node_cores() if numa_copies else None)
         self.store = PerfModelStore(perfmodel_dir) if perfmodel_dir is not None else None
         history = self.store.load_history() if self.store else HistoryModel()
         self._recorded = HistoryModel(min_samples=history.min_samples)  # what this run learned

@@ -54,6 +54,10 @@ class Topology:
     def numa_nodes(self) -> list[int]:
         return sorted({c.numa_node for c in self.cores})
 
+    def node_cores(self) -> dict[int, list[int]]:
+        """Each NUMA node's cores (of those this process may use)."""
+        return {node: [c.id for c in self.cores if c.numa_node == node] for node in self.numa_nodes}
+
     @property
     def packages(self) -> list[int]:
         return sorted({c.package for c in self.cores})

@@ -30,7 +30,7 @@ import logging
 import os
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any
 
@@ -229,9 +229,11 @@ class ThreadExecutor:
     """The platform of this machine's worker threads: core groups and GPU streams."""
 
     def __init__(self, specs: list[WorkerSpec], run_task: Callable[[Task, Any], None],
-                 task_io: Callable[[Task], TaskIO] | None = None) -> None:
-        """``task_io``: a task's tensors, for copying its inputs to its worker's NUMA node where the
-        core workers span several nodes (:mod:`hetsched.placement`); None: never copied."""
+                 task_io: Callable[[Task], TaskIO] | None = None,
+                 numa_nodes: Mapping[int, Sequence[int]] | None = None) -> None:
+        """``task_io`` (a task's tensors) and ``numa_nodes`` (node -> its cores): copy each task's
+        inputs to its worker's NUMA node (:mod:`hetsched.placement`) when there are several nodes;
+        without them, never."""
         self._run_task = run_task
         self._task_io = task_io
         self.specs = specs
@@ -242,12 +244,8 @@ class ThreadExecutor:
         self.on_leave: Callable[[WorkerSpec], None] | None = None
         self.bus = BusModel()  # every worker reads host memory: nothing must move
         self._caller = _Caller()
-        node_cores: dict[int, list[int]] = {}
-        for spec in specs:
-            if spec.cores:
-                node_cores.setdefault(host_node(spec), []).extend(spec.cores)
-        self.placer = (NumaPlacer({node: sorted(set(cores)) for node, cores in node_cores.items()})
-                       if task_io is not None and len(node_cores) > 1 and numa.supported() else None)
+        self.placer = (NumaPlacer(numa_nodes) if task_io is not None and numa_nodes is not None
+                       and len(numa_nodes) > 1 and numa.supported() else None)
 
     def load(self, stages: list[StageModel]) -> None:
         for future in [worker.load(stages) for worker in self.workers.values()]:

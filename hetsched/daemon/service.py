@@ -317,7 +317,10 @@ class InferenceService:
                 continue
             target = path if index == 0 else path.with_name(f"{path.stem}-{workers}-{policy}{path.suffix}")
             runtime.tracer.save(target)
-            log.info("trace of %d task events written to %s", len(runtime.tracer.events()), target)
+            moved = runtime.tracer.transfer_summary()
+            log.info("trace of %d task events and %d transfers (%.0f%% of their time hidden under compute) "
+                     "written to %s", len(runtime.tracer.events()), moved.transfers,
+                     100 * moved.hidden_share if moved.transfers else 0.0, target)
 
     def _load_version(self, source: ModelSource, version: str, path: Path) -> ServedModel:
         name, config = source.name, source.config
