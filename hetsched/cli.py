@@ -173,7 +173,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         grpc_port=args.grpc_port, metrics_port=args.metrics_port, workers=args.workers, policy=args.policy,
         perfmodel_dir=args.perfmodel_dir, max_body_bytes=args.max_body_bytes, admin_header=args.admin_header,
         dask_scheduler=args.dask_scheduler, trace_file=args.trace_file, gpu_streams=args.gpu_streams,
-        accelerators=tuple(args.accelerator)))
+        accelerators=tuple(args.accelerator), numa_copies=args.numa_copies))
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
@@ -197,6 +197,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                        help="one more worker whose sessions use this ONNX Runtime execution provider, "
                        "with these options (e.g. VitisAIExecutionProvider:config_file=vaip_config.json); "
                        "repeatable")
+    serve.add_argument("--numa-copies", action="store_true",
+                       help="on a machine of several NUMA nodes, copy each task's inputs to its worker's "
+                       "node while the worker is busy (not measured on such a machine yet)")
     serve.add_argument("--perfmodel-dir", default=None,
                        help="perf-model store (default $HETSCHED_PERFMODEL_DIR or the user cache)")
     serve.add_argument("--max-body-bytes", type=_positive_int, default=1 << 30,

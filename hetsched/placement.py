@@ -45,7 +45,7 @@ class NumaPlacer:
 
     def __init__(self, node_cores: Mapping[int, Sequence[int]]) -> None:
         self.copies = 0  # inputs copied and swapped in, for tests and the log
-        self.skipped = 0  # copies not made: the node's memory could not be bound
+        self.skipped = 0  # copies that failed (the node's memory refused, say): their inputs stayed put
         self._inbox = {node: queue.SimpleQueue[Any]() for node in node_cores}
         self._threads = [threading.Thread(target=self._loop, args=(node, tuple(cores)), daemon=True,
                                           name=f"hetsched-numa{node}")

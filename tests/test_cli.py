@@ -108,10 +108,11 @@ def test_demo_runs_the_main_job_end_to_end(tmp_path: Path) -> None:
 def test_serve_takes_accelerators_by_provider_with_their_options() -> None:
     from hetsched.cli import _parser
 
-    args = _parser().parse_args(["serve", "--model-repository", "repo", "--gpu-streams", "0",
+    assert not _parser().parse_args(["serve", "--model-repository", "repo"]).numa_copies
+    args = _parser().parse_args(["serve", "--model-repository", "repo", "--gpu-streams", "0", "--numa-copies",
                                  "--accelerator", "AzureExecutionProvider",
                                  "--accelerator", "VitisAIExecutionProvider:config_file=vaip.json,target=X"])
-    assert args.gpu_streams == 0
+    assert args.gpu_streams == 0 and args.numa_copies
     assert args.accelerator == [("AzureExecutionProvider", {}),
                                 ("VitisAIExecutionProvider", {"config_file": "vaip.json", "target": "X"})]
     for bad in (["--accelerator", "VitisAIExecutionProvider:config_file"], ["--gpu-streams", "-1"]):

@@ -44,6 +44,7 @@ class ServeOptions:
     trace_file: str | None = None  # write every task's trace there (Chrome JSON) when stopping
     gpu_streams: int = 2  # workers per GPU found (0: none)
     accelerators: tuple[tuple[str, dict[str, str]], ...] = ()  # execution providers, one worker each
+    numa_copies: bool = False  # copy tasks' inputs to their workers' NUMA nodes (Runtime's numa_copies)
 
 
 def serve(options: ServeOptions) -> int:
@@ -64,6 +65,7 @@ async def _serve(options: ServeOptions) -> int:
         trace_file=options.trace_file,
         gpu_streams=options.gpu_streams,
         accelerators=options.accelerators,
+        numa_copies=options.numa_copies,
     )  # the history persists
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

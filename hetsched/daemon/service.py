@@ -113,8 +113,10 @@ class InferenceService:
         trace_file: str | None = None,
         gpu_streams: int = 2,
         accelerators: Sequence[Provider] = (),
+        numa_copies: bool = False,
     ) -> None:
         self.repository = repository
+        self.numa_copies = numa_copies  # inputs copied to their workers' NUMA nodes
         self.gpu_streams = gpu_streams  # workers per GPU found
         self.accelerators = accelerators  # execution providers, one worker each
         self.trace_file = trace_file  # every task's trace, written there (Chrome JSON) on close
@@ -423,6 +425,7 @@ class InferenceService:
                 trace=self.trace_file is not None,
                 gpu_streams=self.gpu_streams,
                 accelerators=self.accelerators,
+                numa_copies=self.numa_copies,
             )
         return self.runtimes[key]
 
