@@ -5,9 +5,9 @@ is wherever the thread that received them touched it first, and a part's outputs
 of the worker that made them.  :func:`copy_to` places a copy by ``mbind(2)`` on fresh anonymous
 pages (preferred node, not bound), so the copy lands on the node whichever thread writes it;
 :func:`node_of` asks the kernel (``move_pages(2)`` without moving anything) where an array's
-first page is.  Both are syscalls
-through libc, with no dependency on libnuma, and only where their numbers are known
-(x86-64, arm64) and allowed; elsewhere placement is off (``supported()`` False).
+first page is.  Both are syscalls through libc, with no dependency on libnuma, and only where
+their numbers are known (x86-64, arm64) and allowed; elsewhere placement is off
+(``supported()`` False).
 """
 
 from __future__ import annotations
