@@ -16,8 +16,11 @@ import numpy as np
 import pytest
 
 from hetsched import zoo
+from hetsched.platform import StageModel
 from hetsched.runtime import Runtime
 from hetsched.sequential import run_whole
+from hetsched.task import Job, Task, WorkerSpec
+from hetsched.workers import ThreadExecutor
 from partitioner.feeds import random_feeds
 
 
@@ -137,3 +140,42 @@ def test_a_callback_that_infers_again_is_answered_too() -> None:
         for answer in [first.result(30), *nested]:
             np.testing.assert_allclose(answer["logits"], want, rtol=1e-5, atol=1e-6)
         assert runtime.scheduler.statistics().running == ()
+
+
+def test_a_task_kept_to_run_here_goes_to_its_worker_when_callbacks_are_about_to_run() -> None:
+    """``hand_over``: while a caller's thread submits, a task that started on it is kept to run
+    there once the submit returns; if a callback then runs on that thread first (another
+    request finished by the same scheduler call) and waits for the kept task's worker, only
+    handing the task to the worker's own thread lets it run.  Without ``hand_over`` the wait
+    below times out: the task would run on this thread after the wait."""
+    proto = zoo.build("lenet5")
+    feeds = random_feeds(proto, 1, seed=5)
+    stage = StageModel("whole", proto.SerializeToString(), tuple(feeds), ("logits",))
+    ran_on: list[int] = []
+    answers: list[np.ndarray] = []
+
+    def run_task(task: Task, session: Any) -> None:
+        ran_on.append(threading.get_ident())
+        answers.append(session.run(["logits"], feeds)[0])
+
+    core = min(os.sched_getaffinity(0))
+    spec = WorkerSpec("cpu0", "cpu:1t", "host:0", (core,))
+    executor = ThreadExecutor([spec], run_task)
+    ended = threading.Event()
+    executor.report = lambda task, error: ended.set()
+    try:
+        executor.load([stage])
+        job = Job("kept", [[]])
+        job.tasks = [Task("whole", 0, job, "1", 1, worker=spec)]
+
+        def submit(job: Job) -> None:
+            executor.start(job.tasks[0], spec)  # the scheduler starts it on this thread's worker
+            assert not ended.is_set() and not ran_on  # kept: it runs once submit returns
+            executor.hand_over()  # what the runtime does before a job's callbacks run here
+            assert ended.wait(30), "the kept task never ran: a callback waiting for it would hang"
+
+        executor.run_here(job, submit)
+        assert ran_on == [executor.workers["cpu0"]._thread.ident]  # the worker's thread, once
+        np.testing.assert_allclose(answers[0], run_whole(proto, feeds)["logits"], rtol=1e-5, atol=1e-6)
+    finally:
+        executor.stop()

@@ -26,7 +26,7 @@ from typing import NamedTuple
 
 import onnx
 
-from hetsched.zoo import cnn, detector, stress, transformer
+from hetsched.zoo import cnn, detector, ocr, stress, transformer
 from hetsched.zoo.builder import BATCH_DIM, IR_VERSION, OPSET, GraphBuilder
 from partitioner.errors import UsageError
 
@@ -69,6 +69,10 @@ _ZOO: dict[str, _Entry] = {
         "YOLOv8n detector as exported: C2f/SPPF backbone, PAN neck over 3 scales, decoupled "
         "head, DFL decoding in the graph, 320x320 -> [N, 84, 2100]; branchy, and scales poorly "
         "over threads (one instance per core outruns one wide session)")),
+    "ocr-mobile": _Entry(ocr.ocr_mobile, (
+        "mobile text-line recognizer after PaddleOCR's rec_mv3_none_bilstm_ctc: MobileNetV3 "
+        "x0.5 over a 3x32x320 line, the map turned into 80 time steps, a 2-layer BiLSTM "
+        "(hidden 96), CTC head over 97 classes -> [N, 80, 97]; scales poorly over threads")),
     "control-flow": _Entry(stress.control_flow, (
         "stress: If (cond from sum(x) > 0) and Loop (trip count min(N+1, 4)) whose bodies "
         "read outer-scope tensors and initializers, MLP work before, between, after")),

@@ -175,10 +175,16 @@ class GraphBuilder:
 
 
 def conv(
-    b: GraphBuilder, x: str, name: str, cin: int, cout: int, k: int, stride: int = 1,
-    group: int = 1, bias: bool = False, gain: float = 2.0, pad: int | None = None,
+    b: GraphBuilder, x: str, name: str, cin: int, cout: int, k: int,
+    stride: int | tuple[int, int] = 1, group: int = 1, bias: bool = False, gain: float = 2.0,
+    pad: int | None = None,
 ) -> str:
-    """Conv with He-scaled weights (std sqrt(gain / fan_in)); padding k//2 unless ``pad``."""
+    """Conv with He-scaled weights (std sqrt(gain / fan_in)); padding k//2 unless ``pad``.
+
+    ``stride`` is one number or (height, width): text recognizers halve the
+    height and keep the width.
+    """
+    strides = [stride, stride] if isinstance(stride, int) else list(stride)
     fan_in = cin // group * k * k
     w = b.weight(f"{name}.weight", (cout, cin // group, k, k), math.sqrt(gain / fan_in))
     inputs = [x, w]
@@ -186,7 +192,7 @@ def conv(
         inputs.append(b.weight(f"{name}.bias", (cout,), 0.01))
     pad = k // 2 if pad is None else pad
     return b.add(
-        "Conv", inputs, name, kernel_shape=[k, k], strides=[stride, stride],
+        "Conv", inputs, name, kernel_shape=[k, k], strides=strides,
         pads=[pad, pad, pad, pad], group=group,
     )
 
