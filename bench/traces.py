@@ -11,7 +11,8 @@ Poisson schedule through ``tritonclient`` gRPC (bench/load.py) against:
 From both: per request, the time waiting in the server's queue (hetsched: arrival to its first
 task's start; Triton: QUEUE_START to COMPUTE_START) and computing (hetsched: the sum of its tasks;
 Triton: COMPUTE_START to COMPUTE_END), medians and p99, beside the client's latency.  Writes the
-traces and bench/results/traces.json to bench/results/ and its section of bench/RESULTS.md.
+traces and bench/results/<section>.json to bench/results/ and its section of bench/RESULTS.md
+(``--section``, default ``traces``: a run on another model can keep the first).
 
     PYTHONPATH=.:bench python bench/traces.py [--model googlenet] [--fraction 0.8] [--duration 10]
 """
@@ -156,7 +157,9 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
         "## Traces under the same load (bench/traces.py)",
         "",
         f"`PYTHONPATH=.:bench python bench/traces.py --model {args.model} --fraction {args.fraction} "
-        f"--duration {args.duration}` on {platform.node()} ({results['cores']} cores), "
+        f"--duration {args.duration}"
+        + (f" --section {args.section}" if args.section != "traces" else "") + "` on"
+        f" {platform.node()} ({results['cores']} cores), "
         f"{date.today().isoformat()}. "
         f"{results['model']}, batch 1, Poisson at {results['rate']:.1f} req/s ({results['fraction']:.0%} of "
         f"hetsched's closed-loop capacity {results['capacity']:.1f} req/s), tritonclient gRPC. Per request, "
@@ -187,12 +190,13 @@ def main() -> int:
     parser.add_argument("--model", default="googlenet")
     parser.add_argument("--fraction", type=float, default=0.8, help="of hetsched's closed-loop capacity")
     parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--section", default="traces", help="RESULTS.md section and results/<section>.json")
     args = parser.parse_args()
     results = run(args.model, args.fraction, args.duration)
-    (HERE / "results" / "traces.json").write_text(json.dumps(results, indent=2) + "\n")
+    (HERE / "results" / f"{args.section}.json").write_text(json.dumps(results, indent=2) + "\n")
     text = report(results, args)
     print(text)
-    write_section(text, HERE / "RESULTS.md", "traces")
+    write_section(text, HERE / "RESULTS.md", args.section)
     return 0
 
 
