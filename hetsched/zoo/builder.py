@@ -216,6 +216,23 @@ def relu(b: GraphBuilder, x: str, name: str) -> str:
     return b.add("Relu", [x], name)
 
 
+def squeeze_excite(b: GraphBuilder, x: str, name: str, c: int, reduction: int = 2,
+                   hard: bool = False) -> str:
+    """GlobalAveragePool -> 1x1 Conv down to c/reduction -> Relu -> 1x1 Conv up -> gate -> Mul.
+
+    The gate is Sigmoid, or with ``hard`` MobileNetV3's HardSigmoid (PaddleOCR's slope 0.2).
+    """
+    s = b.add("GlobalAveragePool", [x], f"{name}.pool")
+    s = conv(b, s, f"{name}.fc1", c, c // reduction, 1, bias=True)
+    s = relu(b, s, f"{name}.relu")
+    s = conv(b, s, f"{name}.fc2", c // reduction, c, 1, bias=True, gain=1.0)
+    if hard:
+        s = b.add("HardSigmoid", [s], f"{name}.hardsigmoid", alpha=0.2, beta=0.5)
+    else:
+        s = b.add("Sigmoid", [s], f"{name}.sigmoid")
+    return b.add("Mul", [x, s], f"{name}.mul")
+
+
 def conv_bn_relu(
     b: GraphBuilder, x: str, name: str, cin: int, cout: int, k: int, stride: int = 1,
     eps: float = 1e-5,

@@ -25,6 +25,7 @@ from hetsched.zoo.builder import (
     gelu,
     linear,
     relu,
+    squeeze_excite,
 )
 
 IMAGENET_CLASSES = 1000
@@ -279,16 +280,6 @@ def nf_act(b: GraphBuilder, x: str, name: str) -> str:
     """gamma * GELU(x), the NFNet activation (GELU written with Erf)."""
     y = gelu(b, x, f"{name}.gelu")
     return b.add("Mul", [y, b.scalar("nf.gelu_gamma", NF_GAMMA)], f"{name}.gamma")
-
-
-def squeeze_excite(b: GraphBuilder, x: str, name: str, c: int) -> str:
-    """GlobalAveragePool -> Conv -> Relu -> Conv -> Sigmoid -> Mul, reduction ratio 0.5."""
-    s = b.add("GlobalAveragePool", [x], f"{name}.pool")
-    s = conv(b, s, f"{name}.fc1", c, c // 2, 1, bias=True)
-    s = relu(b, s, f"{name}.relu")
-    s = conv(b, s, f"{name}.fc2", c // 2, c, 1, bias=True, gain=1.0)
-    s = b.add("Sigmoid", [s], f"{name}.sigmoid")
-    return b.add("Mul", [x, s], f"{name}.mul")
 
 
 def nf_block(b: GraphBuilder, x: str, name: str, cin: int, cout: int, stride: int,

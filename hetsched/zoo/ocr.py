@@ -6,7 +6,7 @@ built to be cheap per line, so each layer is small: depthwise convolutions
 over a 32-pixel-high strip, squeeze-excite gates, and then a bidirectional
 LSTM stepping over 80 columns one at a time, each step a 96-wide
 matrix-vector product too small to share among threads.  A second intra-op
-thread buys little latency, a second instance doubles throughput.  The graph
+thread buys less than a second instance on the other core (bench/thread_scaling.py).  The graph
 is a conv chain, a bend (the feature map becomes a sequence: Squeeze and
 Transpose put time first, as ONNX's LSTM wants), then the recurrent chain, so
 a partitioner can put the convolutions and the recurrence on different
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 
-from hetsched.zoo.builder import GraphBuilder, conv, relu
+from hetsched.zoo.builder import GraphBuilder, conv, relu, squeeze_excite
 
 LINE_HEIGHT = 32
 LINE_WIDTH = 320
@@ -69,22 +69,13 @@ def _conv_act(b: GraphBuilder, x: str, name: str, cin: int, cout: int, k: int, k
     return _act(b, conv(b, x, f"{name}.conv", cin, cout, k, stride, group, bias=True), name, kind)
 
 
-def _squeeze_excite(b: GraphBuilder, x: str, name: str, c: int) -> str:
-    """MobileNetV3's gate: pool, 1x1 down to c/4, ReLU, 1x1 up, HardSigmoid, scale."""
-    s = b.add("GlobalAveragePool", [x], f"{name}.pool")
-    s = relu(b, conv(b, s, f"{name}.conv1", c, c // 4, 1, bias=True), f"{name}.relu")
-    s = conv(b, s, f"{name}.conv2", c // 4, c, 1, bias=True, gain=1.0)
-    s = b.add("HardSigmoid", [s], f"{name}.hardsigmoid", alpha=0.2, beta=0.5)  # Paddle's slope
-    return b.add("Mul", [x, s], f"{name}.mul")
-
-
 def _residual_unit(b: GraphBuilder, x: str, name: str, cin: int, block: tuple) -> str:
     """Expand 1x1, depthwise kxk (with the stride), optional gate, project 1x1, shortcut."""
     k, mid, cout, se, kind, stride = block
     y = _conv_act(b, x, f"{name}.expand", cin, mid, 1, kind)
     y = _conv_act(b, y, f"{name}.depthwise", mid, mid, k, kind, stride, group=mid)
     if se:
-        y = _squeeze_excite(b, y, f"{name}.se", mid)
+        y = squeeze_excite(b, y, f"{name}.se", mid, reduction=4, hard=True)
     y = conv(b, y, f"{name}.linear.conv", mid, cout, 1, bias=True, gain=1.0)
     if stride == 1 and cin == cout:
         y = b.add("Add", [x, y], f"{name}.add")
