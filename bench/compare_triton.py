@@ -159,7 +159,9 @@ def run_setup(
         (repository / name / "1" / "model.onnx").symlink_to(model_path)
         if setup.config_pbtxt:
             (repository / name / "config.pbtxt").write_text(setup.config_pbtxt)
-        with DaemonProcess(repository, perfmodel_dir=scratch / "perfmodels") as daemon:
+        # its own perf models, calibrated at load: a store shared across setups and rounds let one
+        # daemon start from what another had learnt under overload
+        with DaemonProcess(repository, perfmodel_dir=scratch / f"perfmodels-{repository.name}") as daemon:
             return sweep(f"grpc://{daemon.grpc}", name, rates, duration_s, min_requests)
     from hetsched.tritonserver import TritonServer
 
@@ -287,7 +289,8 @@ def report(summaries: list[dict[str, Any]], rounds: dict[str, Rounds], args: arg
         f"{platform.node()} ({os.cpu_count()} cores, no GPU), {date.today().isoformat()}. Triton 2.51 from "
         "`nvidia-pytriton` 0.7.0 runs the same ONNX file through its Python backend with ONNX Runtime (its "
         "ONNX Runtime backend is not on PyPI); hetsched is `hetsched serve`, with its defaults or as a label "
-        "says (b1: `max_batch_size: 0`; 2x1: two one-core groups, no wide worker). Same client "
+        "says (b1: `max_batch_size: 0`; 2x1: two one-core groups, no wide worker), a fresh daemon with fresh "
+        "perf models (calibrated at load) per sweep. Same client "
         "(`tritonclient` gRPC), open-loop Poisson arrivals, batch-1 requests, "
         f"{args.duration:g} s per point and at least {args.min_requests} requests; client and server share "
         "the machine's cores."

@@ -4,7 +4,12 @@ Batching trades waiting for throughput.  With requests arriving every
 ``interval`` seconds, a batch of N costs its first request ``interval·(N−1)``
 of waiting plus ``compute(N)``; the batch must also keep up with arrivals,
 ``N / compute(N) >= rate``.  :func:`choose_batch` picks the N minimizing that
-latency among those that keep up (StarONNX §IV, §VI-B); the batcher flushes when
+latency among those that keep up (StarONNX §IV, §VI-B), plus the time a batch
+queues for a worker, which StarONNX leaves out: a size that only just keeps up
+runs the machine at a utilization near 1, where waits grow without bound
+(Kingman's formula).  Without that term the chooser kept batch 1 on ocr-mobile
+while the rate estimate sat within a few percent of batch 1's capacity, and a
+backlog built that batches of 4 would have drained.  The batcher flushes when
 that many rows wait, or when the oldest request has waited ``max_delay_s``.
 
 While every worker is busy (``may_leave()`` is false) and the chooser wants
@@ -47,7 +52,7 @@ def choose_batch(rate_per_s: float, compute_s: Callable[[int], float], max_batch
     the rows per second the platform sustains in batches of n -- several workers side by side
     keep up with more than one batch after another, which is all ``n / compute_s(n)`` (the
     default) says.  NaN means unknown: such sizes are skipped.  With no rate observed yet, or
-    nothing predicted, returns 1.
+    nothing predicted, returns 1.  The latency weighed is :func:`batch_latency_s`'s.
     """
     if rate_per_s <= 0 or not math.isfinite(rate_per_s):
         return 1
@@ -62,12 +67,30 @@ def choose_batch(rate_per_s: float, compute_s: Callable[[int], float], max_batch
             continue
         if throughput > fallback_rate:
             fallback, fallback_rate = n, throughput
-        if throughput < rate_per_s:
+        if throughput <= rate_per_s:
             continue
-        latency = (n - 1) / rate_per_s + seconds
+        latency = batch_latency_s(n, rate_per_s, seconds, throughput)
         if latency < best_latency:
             best, best_latency = n, latency
     return best if math.isfinite(best_latency) else fallback  # overloaded: the best throughput
+
+
+def batch_latency_s(n: int, rate_per_s: float, compute_s: float, rows_per_s: float) -> float:
+    """Expected latency of a batch of ``n``'s first request at ``rate_per_s`` arrivals, on a
+    platform that computes one batch in ``compute_s`` and sustains ``rows_per_s`` in batches of n:
+    waiting for the other n - 1 requests, queueing for a worker, computing.
+
+    The queueing is Kingman's heavy-traffic wait for one server doing a batch per
+    ``n / rows_per_s`` seconds at utilization ``rate_per_s / rows_per_s``: batches arrive every n
+    Poisson gaps (squared coefficient of variation 1/n) and take a steady time (0), so
+    ``utilization / (1 - utilization) * (1/n) / 2 * (n / rows_per_s)``.  Several workers wait less
+    than one fast one at light load and alike near saturation, where the term matters: it is there
+    to rank a size with headroom above one that only just keeps up."""
+    utilization = rate_per_s / rows_per_s
+    if utilization >= 1:
+        return math.inf
+    queueing = utilization / (1 - utilization) / (2 * rows_per_s)  # (1/n)/2 * n/rows_per_s
+    return (n - 1) / rate_per_s + queueing + compute_s
 
 
 @dataclass
@@ -88,6 +111,7 @@ class ArrivalRate:
         self.clock = clock
         self.window_s = window_s
         self._count = 0.0  # decayed arrivals, as of the last one
+        self.arrivals = 0  # every arrival ever counted
         self._last: float | None = None
         self._first = 0.0
 
@@ -98,6 +122,7 @@ class ArrivalRate:
         else:
             self._count *= math.exp(-(now - self._last) / self.window_s)
         self._count += 1.0
+        self.arrivals += 1
         self._last = now
 
     @property
@@ -168,6 +193,14 @@ class DynamicBatcher:
             self._rows += rows
             self._cond.notify()
         return future
+
+    def refused(self) -> None:
+        """A request arrived that its model's full queue refused: it still counts toward the rate.
+        The chooser must size batches for the load offered, not for what was let in: past
+        capacity, what is let in is what the workers answer, which batch 1 "keeps up" with; so the
+        chooser kept batch 1 behind a full queue (ocr-mobile at 234 req/s: a third of the tasks)."""
+        with self._cond:
+            self.rate.tick()
 
     @property
     def waiting(self) -> bool:

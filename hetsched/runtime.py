@@ -150,10 +150,15 @@ class Model:
             raise UsageError(f"model {self.name!r} was unloaded; load it again to send it requests")
         feeds, batch = self._validate(inputs, copy)
         with self._pending_lock:
-            if self.max_queue is not None and self._pending >= self.max_queue:
-                raise OverloadedError(f"model {self.name!r}: {self._pending} requests already queued "
-                                      f"(max_queue={self.max_queue}); retry later or raise max_queue")
-            self._pending += 1
+            queued = self._pending
+            full = self.max_queue is not None and queued >= self.max_queue
+            if not full:
+                self._pending += 1
+        if full:
+            if self.batcher is not None:
+                self.batcher.refused()  # outside the lock: the batcher takes its own
+            raise OverloadedError(f"model {self.name!r}: {queued} requests already queued "
+                                  f"(max_queue={self.max_queue}); retry later or raise max_queue")
         try:
             if self.batcher is not None:
                 self.runtime._check_open()

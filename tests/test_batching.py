@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from hetsched import zoo
-from hetsched.batching import ArrivalRate, DynamicBatcher, choose_batch
+from hetsched.batching import ArrivalRate, DynamicBatcher, batch_latency_s, choose_batch
 from hetsched.clock import FakeClock, MonotonicClock
 from hetsched.errors import UsageError
 from hetsched.runtime import Runtime
@@ -28,9 +28,32 @@ def test_low_rate_keeps_batches_small_high_rate_grows_them() -> None:
 
     assert choose_batch(10.0, compute, 32) == 1  # 11 ms per request keeps up with 10/s
     high = choose_batch(500.0, compute, 32)
-    assert high > 1 and high / compute(high) >= 500.0
-    smaller = high - 1
-    assert smaller / compute(smaller) < 500.0, "the smallest batch that keeps up: less waiting"
+    assert high > 1 and high / compute(high) > 500.0
+    latencies = {n: batch_latency_s(n, 500.0, compute(n), n / compute(n)) for n in range(1, 33)}
+    assert high == min(latencies, key=latencies.__getitem__)
+    barely = min(n for n in latencies if n / compute(n) > 500.0)  # 11: 500.0/s * 1.0009
+    assert high > barely, "a size that only just keeps up queues without bound: headroom wins"
+
+
+def test_near_capacity_a_batch_with_headroom_beats_one_that_only_just_keeps_up() -> None:
+    """ocr-mobile's shape through the daemon: two narrow workers, 11.3 ms a row at batch 1 (177
+    rows/s), 9.6 ms a row at batch 4 (208).  At 170/s batch 1 keeps up at 96% utilization, where
+    a request queues ~70 ms for a worker, against ~22 ms for batches of 2 at 89%: the chooser
+    takes 2, where it used to take 1 (the smallest size that keeps up).  Where batches cost the
+    same per row they buy no headroom, and batch 1 stays: it waits for no one."""
+    per_row = {1: 0.0113, 2: 0.0105, 3: 0.0100, 4: 0.0096}
+
+    def compute(n: int) -> float:
+        return n * per_row[n]
+
+    def rows(n: int) -> float:
+        return 2 / per_row[n]
+
+    assert choose_batch(120.0, compute, 4, rows) == 1  # 68% utilized: nothing to gain
+    assert choose_batch(170.0, compute, 4, rows) == 2
+    assert batch_latency_s(1, 170.0, compute(1), rows(1)) > 0.0113 + 0.06  # queueing at 96%
+    flat = lambda n: 2 / 0.0113  # noqa: E731
+    assert choose_batch(170.0, lambda n: n * 0.0113, 4, flat) == 1
 
 
 def test_overload_takes_the_best_throughput_and_unknown_sizes_are_skipped() -> None:
@@ -237,3 +260,28 @@ def test_past_capacity_a_batching_models_backlog_waits_in_its_batcher() -> None:
     assert 1 <= count["peak"] <= LOOKAHEAD * 1
     for feeds, got in zip(cases, answers):
         np.testing.assert_allclose(got["logits"], run_whole(model, feeds)["logits"], rtol=1e-5, atol=1e-6)
+
+
+def test_requests_a_full_queue_refuses_still_count_toward_the_rate_the_chooser_reads() -> None:
+    """Past capacity a full queue lets in only what the workers answer, which batch 1 keeps up
+    with; sized for that, the chooser would never batch behind a full queue.  So the batcher
+    counts every arrival, let in or refused."""
+    from hetsched.errors import OverloadedError
+
+    proto = zoo.build("lenet5")
+    with Runtime(workers="1x1", gpu_streams=0) as runtime:
+        model = runtime.load(proto, max_batch=4, max_queue_delay_s=0.0, max_queue=1)
+        assert model.batcher is not None
+        big = random_feeds(proto, 512, seed=0)  # ~10 ms: the queue stays full meanwhile
+        accepted, refused = [], 0
+        for _ in range(5):
+            try:
+                accepted.append(model.submit(big))
+            except OverloadedError as exc:
+                assert "max_queue=1" in str(exc)
+                refused += 1
+        answers = [future.result(timeout=60) for future in accepted]
+        assert refused >= 1, "the queue of one never filled"
+        assert model.batcher.rate.arrivals == len(accepted) + refused
+    for got in answers:
+        np.testing.assert_allclose(got["logits"], run_whole(proto, big)["logits"], rtol=1e-5, atol=1e-6)

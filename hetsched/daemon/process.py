@@ -25,7 +25,9 @@ class DaemonProcess:
     """``hetsched serve`` on ``repository``; ``http``, ``grpc`` and ``metrics`` are ``host:port`` strings.
 
     ``perfmodel_dir`` (when given) is its perf-model store; ``args`` are more
-    ``hetsched serve`` options.  The constructor returns once the daemon is ready.
+    ``hetsched serve`` options; ``source`` (when given) is a source tree of another version
+    (a checkout, say) whose hetsched runs instead of this one (bench/versions.py compares two
+    that way).  The constructor returns once the daemon is ready.
     """
 
     def __init__(
@@ -34,17 +36,20 @@ class DaemonProcess:
         *args: str,
         perfmodel_dir: str | os.PathLike[str] | None = None,
         start_timeout_s: float = START_TIMEOUT_S,
+        source: str | os.PathLike[str] | None = None,
     ) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         if perfmodel_dir is not None:
-            env["HETSCHED_PERFMODEL_DIR"] = str(perfmodel_dir)
+            env["HETSCHED_PERFMODEL_DIR"] = str(Path(perfmodel_dir).resolve())
+        if source is not None:  # `-m` puts the working directory first on sys.path: run from there
+            env["PYTHONPATH"] = os.pathsep.join([str(Path(source).resolve()), env.get("PYTHONPATH", "")])
         command = [
             sys.executable,
             "-m",
             "hetsched",
             "serve",
             "--model-repository",
-            str(Path(repository)),
+            str(Path(repository).resolve()),
             "--http-port",
             "0",
             "--grpc-port",
@@ -54,7 +59,8 @@ class DaemonProcess:
             *args,
         ]
         self.process = subprocess.Popen(
-            command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+            cwd=None if source is None else Path(source).resolve(),
         )
         self.log: list[str] = []
         self.http = self.grpc = self.metrics = ""
