@@ -34,7 +34,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
 from results_md import package_version, write_section
-from timing import timed_calls
+from timing import timed_calls, tree_cpu_s
 
 import hetsched
 from hetsched.daemon.process import DaemonProcess
@@ -149,21 +149,6 @@ def run(requests: int, rounds: int) -> dict[str, Any]:
         if name in results:
             results[name]["overhead_median_us"] = results[name]["median_us"] - base
     return results
-
-
-def tree_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process and all its children (Triton's backend stubs)."""
-    import psutil
-
-    root = psutil.Process(pid)
-    total = 0.0
-    for process in [root, *root.children(recursive=True)]:
-        try:
-            times = process.cpu_times()
-        except psutil.NoSuchProcess:
-            continue
-        total += times.user + times.system
-    return total
 
 
 def _start_triton(scratch: Path, model_path: Path) -> tuple[Any, tuple[Any, Any]]:

@@ -33,6 +33,7 @@ from typing import Any
 import onnx
 from load import Target, closed_loop, open_loop
 from results_md import write_section
+from timing import tree_cpu_s
 
 from hetsched import zoo
 from hetsched.daemon.process import DaemonProcess
@@ -77,21 +78,25 @@ def task_mix(trace_file: Path, last_s: float) -> dict[str, Any]:
             "rows": {str(k): rows[k] for k in sorted(rows)}}
 
 
-def measure(target: Target, rate: float, seconds: float) -> dict[str, Any]:
-    """The open-loop load against a warmed-up server: answers, p99, errors and the idle CPU share."""
+def measure(target: Target, rate: float, seconds: float, server_pid: int) -> dict[str, Any]:
+    """The open-loop load against a warmed-up server: answers, p99, errors, the idle CPU share, and
+    the CPU the server (all its processes) and this client spent per answer."""
     closed_loop(target, 2, 3.0)  # the clients' warm-up, after the server's own
-    before = cpu_times()
+    before, server_before, client_before = cpu_times(), tree_cpu_s(server_pid), time.process_time()
     result = open_loop(target, rate, seconds, "poisson", drain_s=30.0)
     spent = [a - b for a, b in zip(cpu_times(), before)]
+    answers = max(1, result.completed)
     return {"answers_per_s": result.achieved_rate, "p99_ms": result.p99_ms, "errors": dict(result.errors),
-            "idle_share": spent[3] / sum(spent)}
+            "idle_share": spent[3] / sum(spent),
+            "server_cpu_ms": (tree_cpu_s(server_pid) - server_before) / answers * 1e3,
+            "client_cpu_ms": (time.process_time() - client_before) / answers * 1e3}
 
 
 def triton_run(model_path: Path, name: str, config: TritonConfig, rate: float, seconds: float,
                scratch: Path) -> dict[str, Any]:
     server = TritonServer({name: model_path}, config, workdir=scratch / f"triton-{time.time_ns()}")
     try:
-        row = measure(Target(f"grpc://{server.grpc}", name), rate, seconds)
+        row = measure(Target(f"grpc://{server.grpc}", name), rate, seconds, server.process.pid)
     finally:
         server.stop()
     return {**row, "tasks": 0, "wide_share": 0.0, "rows": {}}  # no trace of Triton's batches here
@@ -107,7 +112,7 @@ def one_run(model_path: Path, name: str, config: str, rate: float, seconds: floa
     with DaemonProcess(run / "repository", "--trace-file", str(trace_file),
                        perfmodel_dir=run / "perfmodels") as d:
         started = time.perf_counter()
-        row = measure(Target(f"grpc://{d.grpc}", name), rate, seconds)
+        row = measure(Target(f"grpc://{d.grpc}", name), rate, seconds, d.process.pid)
         load_s = time.perf_counter() - started  # the trace's last seconds: written at the daemon's stop
     return {**row, **task_mix(trace_file, load_s)}
 
@@ -123,8 +128,9 @@ def run(name: str, rate: float, seconds: float, rounds: int, labels: list[str]) 
                    else one_run(model_path, name, CONFIGS[label], rate, seconds, scratch))
             runs[label].append(row)
             print(f"round {index + 1}/{rounds} {label}: {row['answers_per_s']:.1f} answers/s, "
-                  f"p99 {row['p99_ms']:.0f} ms, idle {row['idle_share']:.1%}, wide {row['wide_share']:.0%} "
-                  f"of tasks, rows {row['rows']}", flush=True)
+                  f"p99 {row['p99_ms']:.0f} ms, idle {row['idle_share']:.1%}, "
+                  f"server CPU {row['server_cpu_ms']:.2f} ms and client {row['client_cpu_ms']:.2f} ms "
+                  f"per answer, wide {row['wide_share']:.0%} of tasks, rows {row['rows']}", flush=True)
     return {"model": name, "rate": rate, "seconds": seconds, "rounds": rounds, "runs": runs}
 
 
@@ -137,10 +143,14 @@ def report(results: dict[str, Any], command: str) -> str:
         f"load; Triton: `nvidia-pytriton`'s tritonserver, Python backend running ONNX Runtime), "
         f"{results['seconds']:g} s of open-loop Poisson batch-1 requests through `tritonclient` gRPC; "
         f"medians over {results['rounds']} rounds. Idle: the machine's idle CPU time meanwhile (client "
-        f"included). Wide: tasks run on a wide (all-core) worker; rows: tasks by batch rows, all rounds.",
+        f"included). CPU per answer: the server's processes' user + system time (Triton's backend stubs "
+        f"included), and the load generator's (this process), over the load, divided by the answers; "
+        f"refused requests cost CPU too. Wide: tasks run on a wide (all-core) worker; rows: tasks by "
+        f"batch rows, all rounds.",
         "",
-        "| config | answers/s (median) | per round | p99 ms (median) | idle | wide tasks | tasks by rows |",
-        "|---|---:|---|---:|---:|---:|---|",
+        "| config | answers/s (median) | per round | p99 ms (median) | idle | server CPU ms per answer "
+        "| client CPU ms per answer | wide tasks | tasks by rows |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---|",
     ]
     for label, rows in results["runs"].items():
         rates = [r["answers_per_s"] for r in rows]
@@ -153,7 +163,9 @@ def report(results: dict[str, Any], command: str) -> str:
         lines.append(
             f"| {label} | {statistics.median(rates):.1f} | {', '.join(f'{x:.1f}' for x in rates)} | "
             f"{statistics.median(r['p99_ms'] for r in rows):.0f} | "
-            f"{statistics.median(r['idle_share'] for r in rows):.1%} | {wide} | "
+            f"{statistics.median(r['idle_share'] for r in rows):.1%} | "
+            f"{statistics.median(r['server_cpu_ms'] for r in rows):.2f} | "
+            f"{statistics.median(r['client_cpu_ms'] for r in rows):.2f} | {wide} | "
             f"{by_rows if traced else '–'} |")
     return "\n".join(lines)
 

@@ -1,4 +1,4 @@
-"""Timing one call many times, for the benches that compare per-request costs."""
+"""Timing calls, and the CPU servers spend on them, for the benches that compare per-request costs."""
 
 from __future__ import annotations
 
@@ -17,3 +17,18 @@ def timed_calls(call: Callable[[], Any], requests: int, warmup: int = 0) -> list
         call()
         samples.append(time.perf_counter() - start)
     return samples
+
+
+def tree_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process and all its children (Triton's backend stubs)."""
+    import psutil
+
+    root = psutil.Process(pid)
+    total = 0.0
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total

@@ -48,6 +48,18 @@ def worktree(ref: str, where: Path) -> Path:
     return where
 
 
+def short(ref: str) -> str:
+    return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", ref], check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
+def this_tree() -> str:
+    """The candidate's label: its commit, and whether files differ from it (a result must say)."""
+    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+                           check=True, capture_output=True, text=True).stdout.strip()
+    return f"this tree ({short('HEAD')}{' + uncommitted changes' if dirty else ''})"
+
+
 def rows_by_rate(trace_file: Path, phases: int) -> list[dict[str, int]]:
     """Rows per task in each of the trace's last ``phases`` bursts of work (split at idle gaps)."""
     events = json.loads(trace_file.read_text())["traceEvents"]
@@ -138,10 +150,8 @@ def main() -> int:
     scratch = Path(tempfile.mkdtemp(prefix="hetsched-versions-"))
     model_path = scratch / f"{args.model}.onnx"
     onnx.save(zoo.build(args.model), model_path)
-    label = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", args.baseline], check=True,
-                           capture_output=True, text=True).stdout.strip()
     baseline = worktree(args.baseline, scratch / "baseline")
-    versions: dict[str, Path | None] = {f"baseline {label}": baseline, "this tree": None}
+    versions: dict[str, Path | None] = {f"baseline {short(args.baseline)}": baseline, this_tree(): None}
     runs: dict[str, list[list[dict[str, Any]]]] = {version: [] for version in versions}
     try:
         for index in range(args.rounds):
