@@ -93,6 +93,55 @@ def batch_latency_s(n: int, rate_per_s: float, compute_s: float, rows_per_s: flo
     return (n - 1) / rate_per_s + queueing + compute_s
 
 
+class SizeTable:
+    """The predictions by batch size that :func:`choose_batch` reads, compared at one load.
+
+    A size's prediction is the window median of its own runs, so under load only the sizes that
+    run are re-timed: the others keep the times they had when calibrated before traffic, on quiet
+    cores.  Compared as they are, a size that has not run looks cheaper than the one that runs
+    beside the daemon's own threads; the chooser switches to it, it runs until its window fills
+    with loaded times (dozens of runs), and then the chooser switches back (ocr-mobile past
+    saturation: batches of 2 and 4 that cost 6 ms a row against batch 1's 4.7, and 8% fewer
+    answers than without batching, bench/overload.py).  So the table keeps each size's first
+    prediction (its quiet cost) and reads every size at the load the running sizes show: their
+    recent predictions over their quiet ones, weighted by the batches formed, scale every quiet
+    time.  Contention is taken to slow every size alike; what a size really costs relative to the
+    others is what the quiet calibration said.
+    """
+
+    def __init__(self) -> None:
+        self._quiet_s: list[float] = []  # by batch size (index 0 unused): first finite prediction
+        self._quiet_rows: list[float] = []
+        self._formed: dict[int, int] = {}  # batches formed by rows since the last update
+        self.load = 1.0  # recent over quiet times of the sizes that ran
+
+    def formed(self, rows: int) -> None:
+        """A batch of ``rows`` was formed (its run will be timed at the present load)."""
+        self._formed[rows] = self._formed.get(rows, 0) + 1
+
+    def update(self, seconds: list[float], rows_per_s: list[float]) -> tuple[list[float], list[float]]:
+        """Predicted seconds and rows per second by batch size, as read now, to the same sizes
+        read at the present load."""
+        formed, self._formed = self._formed, {}
+        grow = len(seconds) - len(self._quiet_s)
+        if grow > 0:
+            self._quiet_s += [math.nan] * grow
+            self._quiet_rows += [math.nan] * grow
+        weighted, total = 0.0, 0
+        for rows, count in formed.items():
+            if rows < len(seconds) and math.isfinite(seconds[rows]) and math.isfinite(self._quiet_s[rows]):
+                weighted += count * seconds[rows] / self._quiet_s[rows]
+                total += count
+        if total:
+            self.load = weighted / total
+        for n, (now_s, now_rows) in enumerate(zip(seconds, rows_per_s)):
+            if not math.isfinite(self._quiet_s[n]) and math.isfinite(now_s) and math.isfinite(now_rows):
+                # first timed now, at the present load: kept as its quiet equivalent
+                self._quiet_s[n], self._quiet_rows[n] = now_s / self.load, now_rows * self.load
+        return ([t * self.load for t in self._quiet_s[:len(seconds)]],
+                [r / self.load for r in self._quiet_rows[:len(seconds)]])
+
+
 @dataclass
 class _Pending:
     feeds: Arrays

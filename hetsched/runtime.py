@@ -30,7 +30,7 @@ import numpy as np
 import onnx
 
 from hetsched.admission import Lines
-from hetsched.batching import DynamicBatcher, choose_batch
+from hetsched.batching import DynamicBatcher, SizeTable, choose_batch
 from hetsched.clock import MonotonicClock
 from hetsched.errors import (
     InvalidInputError,
@@ -119,8 +119,10 @@ class Model:
         self._feed_inputs = [tuple(n for n in part.inputs if n in self._input_names) for part in plan.parts]
         self._accepted_shapes: set[tuple[str, tuple[int, ...]]] = set()  # (input, shape) checked already
         self.batcher: DynamicBatcher | None = None
-        # (read at, predicted seconds by batch size, rows per second by batch size): choose_batch's
+        # (read at, predicted seconds by batch size, rows per second by batch size): choose_batch's,
+        # every size read at the present load (SizeTable)
         self._chooser_table: tuple[float, list[float], list[float]] | None = None
+        self._sizes = SizeTable()
         self.unloaded = False
         self.max_queue = max_queue
         self.pin = dict(pin or {})  # part -> the only workers that may run it
@@ -227,9 +229,16 @@ class Model:
         table = self._chooser_table
         if table is None or now - table[0] > CHOOSER_REFRESH_S:
             sizes = range(max_batch + 1)  # index = batch size; 0 unused
-            table = self._chooser_table = (now, [self.predicted_s(n) if n else math.nan for n in sizes],
-                                           [self.rows_per_s(n) if n else math.nan for n in sizes])
+            table = self._chooser_table = (now, *self._sizes.update(
+                [self.predicted_s(n) if n else math.nan for n in sizes],
+                [self.rows_per_s(n) if n else math.nan for n in sizes]))
         return choose_batch(rate_per_s, table[1].__getitem__, max_batch, table[2].__getitem__)
+
+    def submit_batch(self, feeds: dict[str, np.ndarray], rows: int, turn: _Turn | None
+                     ) -> Future[dict[str, np.ndarray]]:
+        """The batcher's way in: a batch it formed, counted for the chooser's load (SizeTable)."""
+        self._sizes.formed(rows)
+        return self.runtime._submit(self, feeds, rows, turn)
 
     def predicted_s(self, batch: int) -> float:
         """Predicted seconds of one batch: its parts one after another, each on its fastest kind
@@ -457,7 +466,7 @@ class Runtime:
                                  "one by one (rows depend on each other), so requests cannot be batched "
                                  "together; load it with max_batch=1")
             loaded.batcher = DynamicBatcher(
-                lambda feeds, rows, turn: self._submit(loaded, feeds, rows, turn), max_batch,
+                loaded.submit_batch, max_batch,
                 max_queue_delay_s,
                 self.scheduler.clock, target=lambda rate: loaded.batch_for(rate, max_batch),
                 may_leave=self._batch_may_leave, take_turn=lambda batcher: self._take_turn(loaded, batcher),

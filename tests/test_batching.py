@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from hetsched import zoo
-from hetsched.batching import ArrivalRate, DynamicBatcher, batch_latency_s, choose_batch
+from hetsched.batching import ArrivalRate, DynamicBatcher, SizeTable, batch_latency_s, choose_batch
 from hetsched.clock import FakeClock, MonotonicClock
 from hetsched.errors import UsageError
 from hetsched.runtime import Runtime
@@ -127,6 +127,56 @@ def test_the_runtime_counts_a_core_group_in_its_better_mode() -> None:
             assert model.rows_per_s(1) == pytest.approx(best)
             assert model.rows_per_s(2) == pytest.approx(best)
             assert model.predicted_s(1) == pytest.approx(wide_s)
+
+
+def test_the_chooser_reads_every_batch_size_at_the_load_the_running_sizes_show() -> None:
+    """ocr-mobile's costs: calibrated before traffic, a batch of 1 takes 3.65 ms a row, of 2 3.71
+    and of 4 3.88 (plain ORT, one thread); under load only the size that runs is re-timed, batch
+    1 at 5.6 ms beside the daemon's threads.  As they stand, the stale sizes look 1.5x cheaper a
+    row and the chooser switches to them (then back, once their windows fill with loaded runs);
+    read at the load batch 1 shows, batch 1 keeps the best throughput."""
+    import time
+
+    from partitioner.feeds import random_values
+    from perfmodels.history import HistoryKey, footprint
+
+    proto = zoo.build("lenet5")
+    with Runtime(workers="1x1", gpu_streams=0) as runtime:
+        model = runtime.load(proto, max_batch=4)
+        (worker,) = runtime.specs
+        history = runtime.oracle.history
+
+        def record(batch: int, seconds: float, runs: int) -> None:
+            shape = footprint({n: v.shape for n, v in random_values(model.input_values, batch).items()})
+            for _ in range(runs):
+                history.record(HistoryKey(model.stages[0], worker.arch, shape), seconds)
+
+        for batch, per_row in ((1, 0.00365), (2, 0.00371), (4, 0.00388)):
+            record(batch, batch * per_row, history.min_samples)
+        assert model.batch_for(400.0, 4) == 1  # past capacity: the best throughput, quietly
+        time.sleep(0.11)  # past the chooser's refresh
+        for future in [model.submit(random_feeds(proto, 1, seed=i)) for i in range(3)]:
+            future.result(timeout=30)  # three batches of 1 formed (and timed, fast: lenet5)
+        record(1, 0.0056, 64)  # the window of batch 1 now holds loaded runs only
+        time.sleep(0.11)
+        assert model.predicted_s(2) / 2 < model.predicted_s(1) / 1.4, "batch 2 is stale, batch 1 loaded"
+        assert model.batch_for(400.0, 4) == 1
+        assert model.batch_for(200.0, 4) == 1  # at 5.6/3.65 times its quiet cost no size keeps up
+
+
+def test_a_size_first_timed_under_load_joins_the_table_at_that_load() -> None:
+    table = SizeTable()
+    nan = math.nan
+    seconds, rows = table.update([nan, 0.010, nan], [nan, 100.0, nan])  # before traffic: batch 1 timed
+    assert seconds[1] == 0.010 and rows[1] == 100.0 and math.isnan(seconds[2]) and math.isnan(rows[2])
+    table.formed(1)
+    # batch 1 runs 2x slower now, and batch 2 is first timed: at that load
+    seconds, rows = table.update([nan, 0.020, 0.030], [nan, 50.0, 66.0])
+    assert table.load == pytest.approx(2.0)
+    assert seconds[1:] == pytest.approx([0.020, 0.030]) and rows[1:] == pytest.approx([50.0, 66.0])
+    table.formed(1)
+    seconds, rows = table.update([nan, 0.010, 0.030], [nan, 100.0, 66.0])  # the load went: batch 2 too
+    assert seconds[1:] == pytest.approx([0.010, 0.015]) and rows[1:] == pytest.approx([100.0, 132.0])
 
 
 def test_batched_answers_equal_unbatched_onnxruntime() -> None:
