@@ -54,8 +54,9 @@ def short(ref: str) -> str:
 
 
 def this_tree() -> str:
-    """The candidate's label: its commit, and whether files differ from it (a result must say)."""
-    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+    """The candidate's label: its commit, and whether the code the daemon runs differs from it."""
+    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no", "--",
+                            "hetsched", "perfmodels", "partitioner"],
                            check=True, capture_output=True, text=True).stdout.strip()
     return f"this tree ({short('HEAD')}{' + uncommitted changes' if dirty else ''})"
 
