@@ -32,7 +32,7 @@ from typing import Any
 
 import onnx
 from load import Target, closed_loop, open_loop
-from results_md import write_section
+from results_md import publish
 from timing import tree_cpu_s
 
 from hetsched import zoo
@@ -185,12 +185,7 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown configs {unknown}; known: {known}")
     results = run(args.model, args.rate, args.seconds, args.rounds, labels)
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / f"{args.section}.json").write_text(json.dumps(results, indent=2) + "\n")
-    command = "PYTHONPATH=.:bench python bench/overload.py " + " ".join(sys.argv[1:])
-    text = report(results, command.strip())
-    print(text)
-    write_section(text, HERE / "RESULTS.md", args.section)
+    publish(results, args.section, report)
     return 0
 
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 def write_section(text: str, results: Path, marker: str) -> None:
@@ -15,6 +19,19 @@ def write_section(text: str, results: Path, marker: str) -> None:
     else:
         old = old.rstrip() + "\n\n" + block + "\n"
     results.write_text(old)
+
+
+def publish(results: dict[str, Any], section: str, report: Callable[[dict[str, Any], str], str]) -> None:
+    """Write a bench's results to bench/results/<section>.json and its report, headed by the
+    command that ran it (this process's own), to the console and its section of RESULTS.md."""
+    here = Path(__file__).parent
+    (here / "results").mkdir(exist_ok=True)
+    (here / "results" / f"{section}.json").write_text(json.dumps(results, indent=1) + "\n")
+    script = Path(sys.argv[0]).name
+    command = f"PYTHONPATH=.:bench python bench/{script} " + " ".join(sys.argv[1:])
+    text = report(results, command.strip())
+    print(text)
+    write_section(text, here / "RESULTS.md", section)
 
 
 def package_version(package: str) -> str:

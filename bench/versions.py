@@ -31,7 +31,7 @@ from typing import Any
 
 import onnx
 from load import Target, closed_loop, open_loop
-from results_md import write_section
+from results_md import publish
 
 from hetsched import zoo
 from hetsched.daemon.process import DaemonProcess
@@ -164,12 +164,7 @@ def main() -> int:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(baseline)], check=False)
     results = {"model": args.model, "config": args.config, "rates": rates, "rounds": args.rounds,
                "duration_s": args.duration, "min_requests": args.min_requests, "runs": runs}
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / f"{args.section}.json").write_text(json.dumps(results, indent=1))
-    command = "PYTHONPATH=.:bench python bench/versions.py " + " ".join(sys.argv[1:])
-    text = report(results, command.strip())
-    print(text)
-    write_section(text, HERE / "RESULTS.md", args.section)
+    publish(results, args.section, report)
     return 0
 
 
