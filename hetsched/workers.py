@@ -35,6 +35,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from hetsched import numa
+from hetsched.affinity import pin_thread
 from hetsched.errors import DeviceUnavailableError
 from hetsched.placement import NumaPlacer, host_node
 from hetsched.platform import Report, StageModel, TaskIO, TransferReport
@@ -122,14 +123,14 @@ class Worker:
             return
         mask = os.sched_getaffinity(0)
         try:
-            os.sched_setaffinity(0, {self.spec.cores[0]})
+            pin_thread((self.spec.cores[0],))  # without the GIL while the thread moves (affinity.py)
         except OSError:  # outside the caller's cpuset: run unpinned rather than not at all
             self._execute(task)
             return
         try:
             self._execute(task)
         finally:
-            os.sched_setaffinity(0, mask)
+            pin_thread(mask)
 
     def _loop(self) -> None:
         self._pin()
