@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from hetsched.clock import Clock
+from perfmodels.history import WINDOW
 
 Arrays = dict[str, np.ndarray]
 
@@ -96,23 +97,31 @@ def batch_latency_s(n: int, rate_per_s: float, compute_s: float, rows_per_s: flo
 class SizeTable:
     """The predictions by batch size that :func:`choose_batch` reads, compared at one load.
 
-    A size's prediction is the window median of its own runs, so under load only the sizes that
+    A size's prediction is the median of its last WINDOW runs, so under load only the sizes that
     run are re-timed: the others keep the times they had when calibrated before traffic, on quiet
-    cores.  Compared as they are, a size that has not run looks cheaper than the one that runs
+    cores.  Compared as they stand, a size that has not run looks cheaper than the one that runs
     beside the daemon's own threads; the chooser switches to it, it runs until its window fills
-    with loaded times (dozens of runs), and then the chooser switches back (ocr-mobile past
-    saturation: batches of 2 and 4 that cost 6 ms a row against batch 1's 4.7, and 8% fewer
-    answers than without batching, bench/overload.py).  So the table keeps each size's first
-    prediction (its quiet cost) and reads every size at the load the running sizes show: their
-    recent predictions over their quiet ones, weighted by the batches formed, scale every quiet
-    time.  Contention is taken to slow every size alike; what a size really costs relative to the
-    others is what the quiet calibration said.
+    with loaded times, and then the chooser switches back (ocr-mobile past saturation: batches of
+    2 and 4 that cost 6 ms a row against batch 1's 4.7, bench/overload.py).
+
+    So each size keeps a quiet cost (its first prediction), and every size is read as its quiet
+    cost times the present load: the recent over the quiet times of the sizes whose windows hold
+    loaded runs (formed at least half a window's worth since they last went unused), weighted by
+    the batches formed.  Where two or more sizes have such windows, their quiet costs are learned
+    from them (their loaded times over the load): under load a larger batch can cost more a row
+    than its quiet calibration said (the two cores' caches are shared), and a size dropped after
+    that keeps its loaded cost relative to the others instead of looking cheap again.
     """
 
+    FRESH_AFTER = WINDOW // 2 + 1  # batches of a size until its window's median is loaded runs
+    STALE_AFTER = 10  # updates with no batch of a size (about a second under traffic) restart its count
+
     def __init__(self) -> None:
-        self._quiet_s: list[float] = []  # by batch size (index 0 unused): first finite prediction
+        self._quiet_s: list[float] = []  # by batch size (index 0 unused)
         self._quiet_rows: list[float] = []
         self._formed: dict[int, int] = {}  # batches formed by rows since the last update
+        self._since: dict[int, int] = {}  # batches of each size formed since it last went unused
+        self._unused: dict[int, int] = {}  # updates in a row without a batch of each size
         self.load = 1.0  # recent over quiet times of the sizes that ran
 
     def formed(self, rows: int) -> None:
@@ -127,13 +136,24 @@ class SizeTable:
         if grow > 0:
             self._quiet_s += [math.nan] * grow
             self._quiet_rows += [math.nan] * grow
-        weighted, total = 0.0, 0
-        for rows, count in formed.items():
-            if rows < len(seconds) and math.isfinite(seconds[rows]) and math.isfinite(self._quiet_s[rows]):
-                weighted += count * seconds[rows] / self._quiet_s[rows]
-                total += count
+        for n in set(self._since) | set(formed):
+            if formed.get(n):
+                self._since[n] = self._since.get(n, 0) + formed[n]
+                self._unused[n] = 0
+            else:
+                self._unused[n] = self._unused.get(n, 0) + 1
+                if self._unused[n] >= self.STALE_AFTER:
+                    self._since[n] = 0
+        fresh = [n for n, count in self._since.items() if count >= self.FRESH_AFTER and n < len(seconds)
+                 and math.isfinite(seconds[n]) and math.isfinite(rows_per_s[n])
+                 and math.isfinite(self._quiet_s[n])]
+        weights = {n: formed.get(n, 0) for n in fresh}
+        total = sum(weights.values())
         if total:
-            self.load = weighted / total
+            self.load = sum(w * seconds[n] / self._quiet_s[n] for n, w in weights.items()) / total
+        if len(fresh) >= 2:  # the sizes' costs relative to each other, as loaded runs show them
+            for n in fresh:
+                self._quiet_s[n], self._quiet_rows[n] = seconds[n] / self.load, rows_per_s[n] * self.load
         for n, (now_s, now_rows) in enumerate(zip(seconds, rows_per_s)):
             if not math.isfinite(self._quiet_s[n]) and math.isfinite(now_s) and math.isfinite(now_rows):
                 # first timed now, at the present load: kept as its quiet equivalent

@@ -155,13 +155,19 @@ def test_the_chooser_reads_every_batch_size_at_the_load_the_running_sizes_show()
             record(batch, batch * per_row, history.min_samples)
         assert model.batch_for(400.0, 4) == 1  # past capacity: the best throughput, quietly
         time.sleep(0.11)  # past the chooser's refresh
-        for future in [model.submit(random_feeds(proto, 1, seed=i)) for i in range(3)]:
-            future.result(timeout=30)  # three batches of 1 formed (and timed, fast: lenet5)
+        for seed in range(SizeTable.FRESH_AFTER):  # batches of 1 formed (and timed, fast: lenet5)
+            model.submit(random_feeds(proto, 1, seed=seed)).result(timeout=30)
         record(1, 0.0056, 64)  # the window of batch 1 now holds loaded runs only
         time.sleep(0.11)
         assert model.predicted_s(2) / 2 < model.predicted_s(1) / 1.4, "batch 2 is stale, batch 1 loaded"
         assert model.batch_for(400.0, 4) == 1
+        assert model._sizes.load == pytest.approx(0.0056 / 0.00365), "the batches formed set the load"
         assert model.batch_for(200.0, 4) == 1  # at 5.6/3.65 times its quiet cost no size keeps up
+
+
+def _form(table: SizeTable, rows: int, batches: int) -> None:
+    for _ in range(batches):
+        table.formed(rows)
 
 
 def test_a_size_first_timed_under_load_joins_the_table_at_that_load() -> None:
@@ -169,14 +175,37 @@ def test_a_size_first_timed_under_load_joins_the_table_at_that_load() -> None:
     nan = math.nan
     seconds, rows = table.update([nan, 0.010, nan], [nan, 100.0, nan])  # before traffic: batch 1 timed
     assert seconds[1] == 0.010 and rows[1] == 100.0 and math.isnan(seconds[2]) and math.isnan(rows[2])
-    table.formed(1)
+    _form(table, 1, SizeTable.FRESH_AFTER - 1)
+    seconds, _ = table.update([nan, 0.020, nan], [nan, 50.0, nan])
+    assert table.load == 1.0 and seconds[1] == 0.010, "half a window of loaded runs is not yet their median"
+    _form(table, 1, 1)
     # batch 1 runs 2x slower now, and batch 2 is first timed: at that load
     seconds, rows = table.update([nan, 0.020, 0.030], [nan, 50.0, 66.0])
     assert table.load == pytest.approx(2.0)
     assert seconds[1:] == pytest.approx([0.020, 0.030]) and rows[1:] == pytest.approx([50.0, 66.0])
-    table.formed(1)
+    _form(table, 1, 1)
     seconds, rows = table.update([nan, 0.010, 0.030], [nan, 100.0, 66.0])  # the load went: batch 2 too
     assert seconds[1:] == pytest.approx([0.010, 0.015]) and rows[1:] == pytest.approx([100.0, 132.0])
+
+
+def test_a_size_dropped_under_load_keeps_the_cost_its_loaded_runs_showed() -> None:
+    """Quietly batch 2 costs what two of batch 1 do; loaded, 20% more a row (ocr-mobile through
+    the daemon past saturation: 6.1 ms a row against 5.4).  Once both windows hold loaded runs,
+    the table learns that, and keeps it after batch 2 goes unused, scaled with the load."""
+    table = SizeTable()
+    nan = math.nan
+    table.update([nan, 0.010, 0.020], [nan, 200.0, 200.0])
+    _form(table, 1, SizeTable.FRESH_AFTER)
+    _form(table, 2, SizeTable.FRESH_AFTER)
+    seconds, rows = table.update([nan, 0.015, 0.036], [nan, 133.0, 111.0])
+    assert seconds[2] / seconds[1] == pytest.approx(2.4) and rows[1] > rows[2]
+    for _ in range(SizeTable.STALE_AFTER + 1):  # batch 2 unused; batch 1 goes on at the same load
+        _form(table, 1, 3)
+        seconds, rows = table.update([nan, 0.015, 0.036], [nan, 133.0, 111.0])
+    assert seconds[2] / seconds[1] == pytest.approx(2.4), "a dropped size looks cheap again"
+    _form(table, 1, 3)
+    seconds, rows = table.update([nan, 0.030, 0.036], [nan, 66.5, 111.0])  # load doubles; batch 2 stale
+    assert seconds[1:] == pytest.approx([0.030, 0.072]) and rows[2] == pytest.approx(55.5)
 
 
 def test_batched_answers_equal_unbatched_onnxruntime() -> None:
