@@ -45,6 +45,7 @@ BATCH8 = "max_batch_size: 8\ndynamic_batching { max_queue_delay_microseconds: 20
 CONFIGS = {  # label -> config.pbtxt (completed from the model by the daemon)
     "default": "",
     "b1": "max_batch_size: 0\n",
+    "narrow only": NARROW_ONLY % (os.cpu_count() or 1),
     "b1 narrow only": "max_batch_size: 0\n" + NARROW_ONLY % (os.cpu_count() or 1),
     # Triton's 2x1t setup in bench/compare_triton.py batches up to 8 rows with a 2 ms delay
     "b8": BATCH8,

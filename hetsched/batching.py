@@ -260,7 +260,8 @@ class DynamicBatcher:
             self.rate.tick()
             self._queue.append(_Pending(feeds, rows, future, self.clock.now()))
             self._rows += rows
-            self._cond.notify()
+            if not self._turn_queued:  # else the loop waits for serve_turn, not for arrivals: past
+                self._cond.notify()    # saturation a wake-up per arrival only fought for the GIL
         return future
 
     def refused(self) -> None:
