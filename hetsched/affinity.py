@@ -22,18 +22,23 @@ from typing import Any
 _WORDS = 16  # a glibc cpu_set_t: 1024 CPUs in 64-bit words
 
 
-def _libc() -> Any:
+def libc() -> Any:
+    """The C library, errno kept (its system calls here and in hetsched.numa)."""
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def _setaffinity() -> Any:
     if platform.system() != "Linux":
         return None
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.sched_setaffinity.argtypes = [ctypes.c_int, ctypes.c_size_t, ctypes.c_void_p]
-        return libc
+        call = libc().sched_setaffinity
     except (OSError, AttributeError):
         return None
+    call.argtypes = [ctypes.c_int, ctypes.c_size_t, ctypes.c_void_p]
+    return call
 
 
-_lib = _libc()
+_sched_setaffinity = _setaffinity()
 
 
 @lru_cache(maxsize=256)
@@ -50,10 +55,10 @@ def pin_thread(cores: Iterable[int]) -> None:
     """Pin the calling thread to ``cores`` (``os.sched_setaffinity(0, cores)``, without the GIL
     where libc is at hand).  Raises OSError as os does: e.g. a core outside the cpuset."""
     wanted = frozenset(cores)
-    if _lib is None:
+    if _sched_setaffinity is None:
         os.sched_setaffinity(0, wanted)
         return
     mask = _mask(wanted)
-    if _lib.sched_setaffinity(0, ctypes.sizeof(mask), ctypes.addressof(mask)) != 0:
+    if _sched_setaffinity(0, ctypes.sizeof(mask), ctypes.addressof(mask)) != 0:
         error = ctypes.get_errno()
         raise OSError(error, f"sched_setaffinity to cores {sorted(wanted)}: {os.strerror(error)}")

@@ -101,15 +101,15 @@ class SizeTable:
     run are re-timed: the others keep the times they had when calibrated before traffic, on quiet
     cores.  Compared as they stand, a size that has not run looks cheaper than the one that runs
     beside the daemon's own threads; the chooser switches to it, it runs until its window fills
-    with loaded times, and then the chooser switches back (ocr-mobile past saturation: batches of
-    2 and 4 that cost 6 ms a row against batch 1's 4.7, bench/overload.py).
+    with loaded times, and then the chooser switches back (ocr-mobile past saturation ran batches
+    of 2 and 4 it had no cause to, and answered less than without batching: bench/overload.py).
 
     So each size keeps a quiet cost (its first prediction), and every size is read as its quiet
     cost times the present load: the recent over the quiet times of the sizes whose windows hold
     loaded runs (formed at least half a window's worth since they last went unused), weighted by
     the batches formed.  Where two or more sizes have such windows, their quiet costs are learned
     from them (their loaded times over the load): under load a larger batch can cost more a row
-    than its quiet calibration said (the two cores' caches are shared), and a size dropped after
+    than its quiet calibration said (the cores share their caches), and a size dropped after
     that keeps its loaded cost relative to the others instead of looking cheap again.
     """
 

@@ -23,20 +23,18 @@ from typing import Any
 
 import numpy as np
 
+from hetsched.affinity import libc
+
 _SYSCALLS = {"x86_64": (237, 279), "aarch64": (235, 239)}  # (mbind, move_pages) by machine
 # Preferred, not bound: a node short of memory then spills to another rather than wake the OOM killer.
 _MPOL_PREFERRED = 1
 _PAGE = mmap.PAGESIZE
 
 
-def _libc() -> Any:
-    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-
-
 # (the kernel's machine: a 32-bit userland on a 64-bit kernel has other numbers)
 _numbers = (_SYSCALLS.get(platform.machine())
             if platform.system() == "Linux" and ctypes.sizeof(ctypes.c_void_p) == 8 else None)
-_lib = _libc() if _numbers else None
+_lib = libc() if _numbers else None
 
 
 @functools.cache

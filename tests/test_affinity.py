@@ -30,7 +30,7 @@ def test_a_thread_pins_itself_only_and_unpins_again() -> None:
 
 
 def test_the_libc_path_is_taken_on_linux_and_a_bad_core_fails_naming_it() -> None:
-    assert affinity._lib is not None, "on Linux the pin must go through libc (os holds the GIL)"
+    assert affinity._sched_setaffinity is not None, "on Linux the pin must go through libc (os holds the GIL)"
     before = os.sched_getaffinity(0)
     with pytest.raises(OSError, match="outside"):
         affinity.pin_thread([4096])  # past what a cpu_set_t holds

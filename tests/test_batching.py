@@ -36,7 +36,7 @@ def test_low_rate_keeps_batches_small_high_rate_grows_them() -> None:
 
 
 def test_near_capacity_a_batch_with_headroom_beats_one_that_only_just_keeps_up() -> None:
-    """ocr-mobile's shape through the daemon: two narrow workers, 11.3 ms a row at batch 1 (177
+    """An ocr-mobile-like shape through the daemon: two narrow workers, 11.3 ms a row at batch 1 (177
     rows/s), 9.6 ms a row at batch 4 (208).  At 170/s batch 1 keeps up at 96% utilization, where
     a request queues ~70 ms for a worker, against ~22 ms for batches of 2 at 89%: the chooser
     takes 2, where it used to take 1 (the smallest size that keeps up).  Where batches cost the
@@ -130,9 +130,9 @@ def test_the_runtime_counts_a_core_group_in_its_better_mode() -> None:
 
 
 def test_the_chooser_reads_every_batch_size_at_the_load_the_running_sizes_show() -> None:
-    """ocr-mobile's costs: calibrated before traffic, a batch of 1 takes 3.65 ms a row, of 2 3.71
-    and of 4 3.88 (plain ORT, one thread); under load only the size that runs is re-timed, batch
-    1 at 5.6 ms beside the daemon's threads.  As they stand, the stale sizes look 1.5x cheaper a
+    """ocr-mobile-like costs: calibrated before traffic, a batch of 1 takes 3.65 ms a row, of 2
+    3.71 and of 4 3.88; under load only the size that runs is re-timed, batch 1 at 5.6 ms beside
+    the daemon's threads.  As they stand, the stale sizes look 1.5x cheaper a
     row and the chooser switches to them (then back, once their windows fill with loaded runs);
     read at the load batch 1 shows, batch 1 keeps the best throughput."""
     import time
@@ -189,8 +189,8 @@ def test_a_size_first_timed_under_load_joins_the_table_at_that_load() -> None:
 
 
 def test_a_size_dropped_under_load_keeps_the_cost_its_loaded_runs_showed() -> None:
-    """Quietly batch 2 costs what two of batch 1 do; loaded, 20% more a row (ocr-mobile through
-    the daemon past saturation: 6.1 ms a row against 5.4).  Once both windows hold loaded runs,
+    """Quietly batch 2 costs what two of batch 1 do; loaded, 20% more a row (as ocr-mobile's
+    batches of 2 did through the daemon past saturation).  Once both windows hold loaded runs,
     the table learns that, and keeps it after batch 2 goes unused, scaled with the load."""
     table = SizeTable()
     nan = math.nan
