@@ -110,6 +110,10 @@ PACE_LIMITS = (0.25, 4.0)
 # has not run for this long, a task that finds its group idle and predicts it no slower than a
 # narrow worker may take it: by the prediction that request loses nothing, and its run re-times it.
 PROBE_AFTER_S = 1.0
+# A running task past its predicted end is expected to need this share of its predicted length
+# more: a guess (its remaining time is unknown), which decides whether an idle worker takes over
+# the tasks queued behind it (Dmda._steal).
+OVERRUN_REMAINING = 0.5
 
 
 def tail_latency(service_s: float, servers: int, utilization: float) -> float:
@@ -176,6 +180,7 @@ class Dmda(Policy):
         self._narrow_of: dict[str, list[WorkerSpec]] = {}  # wide worker -> narrow ones on its cores
         self._wide_workers: list[WorkerSpec] = []  # those of self._wide
         self._busy: set[str] = set()  # slots of running tasks
+        self._running_s: dict[str, float] = {}  # slot -> predicted seconds of the task running there
         # wide worker -> predicted (wide, narrow) seconds of the work offered to its group, and the
         # count of pushes that found the group busy (an arrival overlapping another's run), decayed
         self._offered: dict[str, list[float]] = {}
@@ -373,23 +378,33 @@ class Dmda(Policy):
         task.predicted_s = length_s
         self.context.prefetch(task, worker)
 
+    @staticmethod
+    def _precedence(order: int, task: Task) -> tuple[int, ...]:
+        """Which of a worker's queued tasks runs first (least first): the oldest assignment."""
+        return (order,)
+
     def _pick(self, queue: list[tuple[int, Task]]) -> int:
-        """Index in ``queue`` of the task to run next: the oldest assignment."""
-        return 0
+        """Index in ``queue`` of the task to run next."""
+        precedence = self._precedence
+        return min(range(len(queue)), key=lambda i: precedence(*queue[i])) if len(queue) > 1 else 0
 
     def pop(self, worker: WorkerSpec) -> Task | None:
         name = worker.name
         queue = self._queues.get(name)
         if not queue:
-            return None
+            return self._steal(worker, None)
         slots = self._slot_names[name]  # the scheduler offers current workers only: indexed
         reservations = self._reservations
         for slot in slots:
             if reservations[slot][0][1] != name:
                 return None  # another worker reserved one of these cores earlier: it goes first
-        order, task = queue.pop(self._pick(queue))
+        index = self._pick(queue)
+        stolen = self._steal(worker, self._precedence(*queue[index]))
+        if stolen is not None:
+            return stolen
+        order, task = queue.pop(index)
         now, length = self.context.clock.now(), task.predicted_s
-        free_s, queued_s = self._free_s, self._queued_s
+        free_s, queued_s, running_s = self._free_s, self._queued_s, self._running_s
         for slot in slots:
             held = reservations[slot]
             if held[0][0] == order:
@@ -398,9 +413,82 @@ class Dmda(Policy):
                 held.remove((order, name))
             self._unreserve(slot, length)
             free_s[slot] = now + length + queued_s[slot]  # started now, whatever was predicted
+            running_s[slot] = length
         self._busy.update(slots)
         if name in self._wide:
             self._wide_ran_s[name] = now
+        return task
+
+    def _steal(self, thief: WorkerSpec, before: tuple[int, ...] | None) -> Task | None:
+        """A task queued on another worker that ``thief``, free to start one now, would finish no
+        later than there, and that precedes ``before`` (the thief's own next task; None: it has
+        none): the first by precedence among those, or None.
+
+        Placing each task at arrival binds it early: when a run overruns its prediction, what
+        waits behind it waits while another worker idles, and one worker's queue may hold older
+        requests than the next that another runs.  A central queue has neither problem; this
+        gives dmda both of its answers where workers are alike, and keeps its choices where
+        they are not (a task stays where it ends sooner).  A task sent to calibrate its worker
+        stays there, and so does one whose worker could start it now."""
+        ctx = self.context
+        now = ctx.clock.now()
+        slots = self._slot_names[thief.name]
+        reservations, free_s, queued_s = self._reservations, self._free_s, self._queued_s
+        best: tuple[tuple[int, ...], str, int, Task, float] | None = None
+        for owner, queue in self._queues.items():
+            if owner == thief.name or not queue:
+                continue
+            owner_slots = self._slot_names.get(owner)
+            if owner_slots is None:
+                continue
+            # when the owner's running tasks are expected to end, then its queue in turn
+            running_end = now
+            for slot in owner_slots:
+                end = free_s.get(slot, now) - queued_s.get(slot, 0.0)
+                if slot in self._busy and end <= now:  # overran its prediction: its end is unknown
+                    end = now + OVERRUN_REMAINING * self._running_s.get(slot, 0.0)
+                running_end = max(running_end, end)
+            owner_busy = bool(self._busy.intersection(owner_slots))
+            ahead = 0.0
+            for order, task in sorted(queue, key=lambda entry: self._precedence(*entry)):
+                length_there = task.predicted_s
+                start_there = running_end + ahead
+                ahead += length_there
+                if task.id in self._calibrating:
+                    continue
+                if not owner_busy and all(reservations[s][0][0] == order for s in owner_slots):
+                    continue  # its worker can start it now
+                rank = self._precedence(order, task)
+                if before is not None and rank >= before:
+                    break  # the rest of this queue comes later still
+                if any(held and held[0][1] != thief.name and held[0][0] != order
+                       for held in (reservations.get(s) for s in slots)):
+                    continue  # another worker's task was promised the thief's cores first
+                if not any(w.name == thief.name for w in ctx.eligible(task)):
+                    continue
+                length = ctx.predict_s(task, thief) * self._pace.get(thief.name, 1.0)
+                if not length == length:  # uncalibrated there
+                    continue
+                if (now + ctx.transfer_s(task, thief) + length <= start_there + length_there
+                        and (best is None or rank < best[0])):
+                    best = (rank, owner, order, task, length)
+        if best is None:
+            return None
+        _, owner, order, task, length = best
+        self._queues[owner].remove((order, task))
+        for slot in self._slot_names[owner]:
+            reservations[slot].remove((order, owner))
+            self._unreserve(slot, task.predicted_s)
+            free_s[slot] = max(now, free_s.get(slot, now) - task.predicted_s)
+        for slot in slots:
+            free_s[slot] = now + length + queued_s.get(slot, 0.0)
+            self._running_s[slot] = length
+        self._busy.update(slots)
+        if thief.name in self._wide:
+            self._wide_ran_s[thief.name] = now
+        task.worker = thief
+        task.predicted_s = length
+        ctx.prefetch(task, thief)
         return task
 
     def _unreserve(self, slot: str, length_s: float) -> None:
@@ -443,5 +531,6 @@ class Dmdas(Dmda):
     name = "dmdas"
     description = "dmda, and within a worker's queue higher priority (older requests) first"
 
-    def _pick(self, queue: list[tuple[int, Task]]) -> int:
-        return min(range(len(queue)), key=lambda i: (-queue[i][1].priority, queue[i][0]))
+    @staticmethod
+    def _precedence(order: int, task: Task) -> tuple[int, ...]:
+        return (-task.priority, order)
