@@ -5,8 +5,9 @@ One model, one offered rate above what the machine serves, through `hetsched ser
 round by round, each in a fresh daemon with a fresh perf-model directory (calibrated at load, as a
 first start is), so the machine's noise hits them alike; per configuration, the median over rounds
 of answers per second and p99, the share of the machine's CPU time left idle meanwhile (with a
-backlog waiting, idle cores are lost throughput), and, from the daemon's Chrome trace, how many
-rows each task ran and on which kind of worker.  Triton's one instance per core (``triton 2x1t``
+backlog waiting, idle cores are lost throughput), the CPU each server spends per answer, split by
+what its threads do (model workers, gRPC handlers, ...; Triton: backend stubs and tritonserver),
+and, from the daemon's Chrome trace, how many rows each task ran and on which kind of worker.  Triton's one instance per core (``triton 2x1t``
 on two cores, with and without its dynamic batcher) runs the same load in the same rounds, through
 bench's real Triton server (hetsched.tritonserver), for the bar hetsched must reach.  Writes
 bench/results/<section>.json and its section of bench/RESULTS.md.
@@ -33,7 +34,7 @@ from typing import Any
 import onnx
 from load import Target, closed_loop, open_loop
 from results_md import publish
-from timing import tree_cpu_s
+from timing import cpu_by_role, thread_cpu_s, tree_cpu_s
 
 from hetsched import zoo
 from hetsched.daemon.process import DaemonProcess
@@ -57,6 +58,24 @@ TRITON = {  # label -> how Triton serves the model
     f"triton {CORES}x1t b8": TritonConfig(instances=CORES, threads=1, max_batch_size=8,
                                           max_queue_delay_us=2000),
 }
+
+
+def role(process: str, thread: str) -> str:
+    """What a server's thread does, from the names the OS knows (hetsched names its own threads:
+    hetsched.affinity.name_os_thread; ORT's threads take their worker's name)."""
+    if process.startswith("triton_python"):
+        return "backend stubs"
+    if process.startswith("tritonserver"):
+        return "tritonserver"
+    if thread.startswith("hetsched-grpc"):
+        return "gRPC handlers"
+    if thread.startswith("hetsched-batch"):
+        return "batcher"
+    if thread.startswith("hetsched-"):
+        return "workers"
+    if thread == process:
+        return "loop and gRPC poller"  # the unnamed Python threads: asyncio's and grpc's own
+    return "gRPC core"  # grpc's C++ threads (event_engine, ...)
 
 
 def cpu_times() -> list[int]:
@@ -83,14 +102,17 @@ def measure(target: Target, rate: float, seconds: float, server_pid: int) -> dic
     """The open-loop load against a warmed-up server: answers, p99, errors, the idle CPU share, and
     the CPU the server (all its processes) and this client spent per answer."""
     closed_loop(target, 2, 3.0)  # the clients' warm-up, after the server's own
+    threads_before = thread_cpu_s(server_pid)
     before, server_before, client_before = cpu_times(), tree_cpu_s(server_pid), time.process_time()
     result = open_loop(target, rate, seconds, "poisson", drain_s=30.0)
     spent = [a - b for a, b in zip(cpu_times(), before)]
+    server_s, client_s = tree_cpu_s(server_pid) - server_before, time.process_time() - client_before
+    by_role = cpu_by_role(threads_before, thread_cpu_s(server_pid), role)
     answers = max(1, result.completed)
     return {"answers_per_s": result.achieved_rate, "p99_ms": result.p99_ms, "errors": dict(result.errors),
             "idle_share": spent[3] / sum(spent),
-            "server_cpu_ms": (tree_cpu_s(server_pid) - server_before) / answers * 1e3,
-            "client_cpu_ms": (time.process_time() - client_before) / answers * 1e3}
+            "server_cpu_ms": server_s / answers * 1e3, "client_cpu_ms": client_s / answers * 1e3,
+            "cpu_ms_by_role": {name: s / answers * 1e3 for name, s in sorted(by_role.items())}}
 
 
 def triton_run(model_path: Path, name: str, config: TritonConfig, rate: float, seconds: float,
@@ -131,8 +153,15 @@ def run(name: str, rate: float, seconds: float, rounds: int, labels: list[str]) 
             print(f"round {index + 1}/{rounds} {label}: {row['answers_per_s']:.1f} answers/s, "
                   f"p99 {row['p99_ms']:.0f} ms, idle {row['idle_share']:.1%}, "
                   f"server CPU {row['server_cpu_ms']:.2f} ms and client {row['client_cpu_ms']:.2f} ms "
-                  f"per answer, wide {row['wide_share']:.0%} of tasks, rows {row['rows']}", flush=True)
+                  f"per answer ({roles(row['cpu_ms_by_role'])}), wide {row['wide_share']:.0%} of tasks, "
+                  f"rows {row['rows']}", flush=True)
     return {"model": name, "rate": rate, "seconds": seconds, "rounds": rounds, "runs": runs}
+
+
+def roles(cpu_ms: dict[str, float]) -> str:
+    """A server's CPU ms per answer by role, the largest first."""
+    return ", ".join(f"{name} {ms:.2f}" for name, ms in sorted(cpu_ms.items(), key=lambda kv: -kv[1])
+                     if ms >= 0.005)
 
 
 def report(results: dict[str, Any], command: str) -> str:
@@ -146,12 +175,14 @@ def report(results: dict[str, Any], command: str) -> str:
         f"medians over {results['rounds']} rounds. Idle: the machine's idle CPU time meanwhile (client "
         f"included). CPU per answer: the server's processes' user + system time (Triton's backend stubs "
         f"included), and the load generator's (this process), over the load, divided by the answers; "
-        f"refused requests cost CPU too. Wide: tasks run on a wide (all-core) worker; rows: tasks by "
-        f"batch rows, all rounds.",
+        f"refused requests cost CPU too. By role: the server's threads' on-CPU time (schedstat) by what "
+        f"they do (`overload.role`: hetsched names its threads; a gRPC handler that runs its own request's "
+        f"task, when a worker is free at once, counts the model's run too), per answer, medians per role. "
+        f"Wide: tasks run on a wide (all-core) worker; rows: tasks by batch rows, all rounds.",
         "",
         "| config | answers/s (median) | per round | p99 ms (median) | idle | server CPU ms per answer "
-        "| client CPU ms per answer | wide tasks | tasks by rows |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---|",
+        "| by role | client CPU ms per answer | wide tasks | tasks by rows |",
+        "|---|---:|---|---:|---:|---:|---|---:|---:|---|",
     ]
     for label, rows in results["runs"].items():
         rates = [r["answers_per_s"] for r in rows]
@@ -161,11 +192,14 @@ def report(results: dict[str, Any], command: str) -> str:
         traced = label not in TRITON  # Triton's batches are not traced here
         wide = f"{statistics.median(r['wide_share'] for r in rows):.0%}" if traced else "–"
         by_rows = ", ".join(f"{k}: {v}" for k, v in sorted(mix.items(), key=lambda kv: int(kv[0])))
+        names = {name for r in rows for name in r["cpu_ms_by_role"]}
+        by_role = {name: statistics.median(r["cpu_ms_by_role"].get(name, 0.0) for r in rows)
+                   for name in names}
         lines.append(
             f"| {label} | {statistics.median(rates):.1f} | {', '.join(f'{x:.1f}' for x in rates)} | "
             f"{statistics.median(r['p99_ms'] for r in rows):.0f} | "
             f"{statistics.median(r['idle_share'] for r in rows):.1%} | "
-            f"{statistics.median(r['server_cpu_ms'] for r in rows):.2f} | "
+            f"{statistics.median(r['server_cpu_ms'] for r in rows):.2f} | {roles(by_role)} | "
             f"{statistics.median(r['client_cpu_ms'] for r in rows):.2f} | {wide} | "
             f"{by_rows if traced else '–'} |")
     return "\n".join(lines)

@@ -1,4 +1,6 @@
-"""Pinning the calling thread to cores without holding the GIL while it moves.
+"""What the OS knows of the calling thread: the cores it may run on, and its name.
+
+Pinning, without holding the GIL while the thread moves.
 
 ``os.sched_setaffinity`` keeps the GIL for the whole system call, and a thread pinned to a core
 it is not on returns only once that core runs it: behind whatever that core is running, which in
@@ -7,6 +9,11 @@ the process runs.  A caller that runs its own task (``run_here``) pins itself tw
 in the daemon under load (py-spy ``--gil``) the pin was the line holding the GIL longest outside
 ONNX Runtime.  ctypes drops the GIL around a foreign call, so the same system call made through
 it lets the other threads run while this one waits for its core.
+
+Naming: Python 3.11 keeps a thread's name to itself, so ``top -H``, ``ps -L``, py-spy and
+``/proc/<pid>/task/<tid>/comm`` showed every thread of the daemon as ``python``.  Its threads
+give the OS their names (the first 15 characters, Linux's limit), which is also how
+bench/overload.py splits the daemon's CPU by role.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import ctypes
 import ctypes.util
 import os
 import platform
+import threading
 from collections.abc import Iterable
 from functools import lru_cache
 from typing import Any
@@ -22,8 +30,10 @@ from typing import Any
 _WORDS = 16  # a glibc cpu_set_t: 1024 CPUs in 64-bit words
 
 
+@lru_cache(maxsize=1)
 def libc() -> Any:
-    """The C library, errno kept (its system calls here and in hetsched.numa)."""
+    """The C library, errno kept (its system calls here and in hetsched.numa); found once, as
+    ``find_library`` runs ``ldconfig``."""
     return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
 
@@ -39,6 +49,7 @@ def _setaffinity() -> Any:
 
 
 _sched_setaffinity = _setaffinity()
+_PR_SET_NAME = 15  # prctl option (linux/prctl.h)
 
 
 @lru_cache(maxsize=256)
@@ -62,3 +73,11 @@ def pin_thread(cores: Iterable[int]) -> None:
     if _sched_setaffinity(0, ctypes.sizeof(mask), ctypes.addressof(mask)) != 0:
         error = ctypes.get_errno()
         raise OSError(error, f"sched_setaffinity to cores {sorted(wanted)}: {os.strerror(error)}")
+
+
+def name_os_thread() -> None:
+    """Give the calling thread's Python name to the OS (Linux; elsewhere, nothing)."""
+    if _sched_setaffinity is None:  # not Linux, or no libc at hand
+        return
+    name = threading.current_thread().name.encode("utf-8", "replace")[:15]
+    libc().prctl(_PR_SET_NAME, ctypes.c_char_p(name), 0, 0, 0)

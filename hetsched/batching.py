@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from hetsched.affinity import name_os_thread
 from hetsched.clock import Clock
 from perfmodels.history import WINDOW
 
@@ -290,6 +291,7 @@ class DynamicBatcher:
         self._thread.join(timeout=30)
 
     def _loop(self) -> None:
+        name_os_thread()
         while True:
             with self._cond:
                 self._cond.wait_for(lambda: (self._queue and not self._turn_queued) or self._closed)

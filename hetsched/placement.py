@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from hetsched import numa
+from hetsched.affinity import name_os_thread
 from hetsched.clock import MonotonicClock
 from hetsched.platform import TransferReport
 from hetsched.task import Task, WorkerSpec
@@ -69,6 +70,7 @@ class NumaPlacer:
                 inbox.put((task, values, name, array, where, report))
 
     def _loop(self, node: int, cores: tuple[int, ...]) -> None:
+        name_os_thread()
         try:
             os.sched_setaffinity(0, cores)  # the copy's reads and writes run on the node it fills
         except (AttributeError, OSError) as exc:

@@ -35,7 +35,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from hetsched import numa
-from hetsched.affinity import pin_thread
+from hetsched.affinity import name_os_thread, pin_thread
 from hetsched.errors import DeviceUnavailableError
 from hetsched.placement import NumaPlacer, host_node
 from hetsched.platform import Report, StageModel, TaskIO, TransferReport
@@ -133,6 +133,7 @@ class Worker:
             pin_thread(mask)
 
     def _loop(self) -> None:
+        name_os_thread()
         self._pin()
         while True:
             item = self._inbox.get()

@@ -1,9 +1,11 @@
-"""Pinning a thread through libc (the GIL dropped meanwhile), as os.sched_setaffinity would."""
+"""Pinning a thread through libc (the GIL dropped meanwhile), as os.sched_setaffinity would, and
+the OS names of the runtime's threads."""
 
 from __future__ import annotations
 
 import os
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -38,3 +40,19 @@ def test_the_libc_path_is_taken_on_linux_and_a_bad_core_fails_naming_it() -> Non
     with pytest.raises(OSError, match=f"cores \\[{absent}\\]: Invalid argument"):
         affinity.pin_thread([absent])  # no such CPU online
     assert os.sched_getaffinity(0) == before, "a failed pin moved the thread"
+
+
+def comm(thread: threading.Thread) -> str:
+    return Path(f"/proc/self/task/{thread.native_id}/comm").read_text().strip()
+
+
+def test_the_runtimes_threads_give_the_os_their_names() -> None:
+    """``top -H`` and bench/overload.py's CPU split tell the workers and the batcher apart by name."""
+    from hetsched import Runtime, zoo
+
+    with Runtime(workers="2x1") as runtime:
+        runtime.load(zoo.build("lenet5"), max_batch=4)
+        names = {t.name: comm(t) for t in threading.enumerate() if t.name.startswith("hetsched-")}
+    assert names, "no runtime thread found"
+    assert all(os_name == name[:15] for name, os_name in names.items()), names
+    assert any(name.startswith("hetsched-batch") for name in names.values()), names

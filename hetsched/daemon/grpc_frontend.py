@@ -27,6 +27,7 @@ from google.protobuf import json_format
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
+from hetsched.affinity import name_os_thread
 from hetsched.daemon.access import AdminSecret
 from hetsched.daemon.service import EXTENSIONS, SERVER_NAME, InferenceService, status_of
 from hetsched.daemon.tensors import from_bytes, from_json, to_bytes
@@ -165,6 +166,7 @@ class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
         def read() -> None:
             nonlocal count
+            name_os_thread()
             try:
                 for request in requests:
                     count += 1
@@ -255,7 +257,7 @@ def build_server(
     RESOURCE_EXHAUSTED.
     """
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_calls, thread_name_prefix="hetsched-grpc"),
+        futures.ThreadPoolExecutor(max_calls, thread_name_prefix="hetsched-grpc", initializer=name_os_thread),
         maximum_concurrent_rpcs=max_calls,
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
