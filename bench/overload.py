@@ -1,19 +1,20 @@
 """Past saturation: what each daemon configuration answers, and which batches and workers it ran.
 
 One model, one offered rate above what the machine serves, through `hetsched serve` and
-``tritonclient`` gRPC (bench/load.py's open loop, Poisson arrivals).  Configurations alternate
-round by round, each in a fresh daemon with a fresh perf-model directory (calibrated at load, as a
-first start is), so the machine's noise hits them alike; per configuration, the median over rounds
-of answers per second and p99, the share of the machine's CPU time left idle meanwhile (with a
-backlog waiting, idle cores are lost throughput), the CPU each server spends per answer, split by
-what its threads do (model workers, gRPC handlers, ...; Triton: backend stubs and tritonserver),
-and, from the daemon's Chrome trace, how many rows each task ran and on which kind of worker.  Triton's one instance per core (``triton 2x1t``
-on two cores, with and without its dynamic batcher) runs the same load in the same rounds, through
-bench's real Triton server (hetsched.tritonserver), for the bar hetsched must reach.  Writes
-bench/results/<section>.json and its section of bench/RESULTS.md.
+``tritonclient`` gRPC or HTTP (bench/load.py's open loop, Poisson arrivals).  Configurations
+alternate round by round, each in a fresh daemon with a fresh perf-model directory (calibrated at
+load, as a first start is), so the machine's noise hits them alike; per configuration, the median
+over rounds of answers per second and p99, the share of the machine's CPU time left idle meanwhile
+(with a backlog waiting, idle cores are lost throughput), the CPU each server spends per answer,
+split by what its threads do (model workers, gRPC handlers, ...; Triton: backend stubs and
+tritonserver), and, from the daemon's Chrome trace, how many rows each task ran and on which kind
+of worker.  Triton's one instance per core (``triton 2x1t`` on two cores, with and without its
+dynamic batcher) runs the same load in the same rounds, through bench's real Triton server
+(hetsched.tritonserver), for the bar hetsched must reach.  Writes bench/results/<section>.json
+and its section of bench/RESULTS.md.
 
     PYTHONPATH=.:bench python bench/overload.py [--model yolov8n] [--rate 57] [--rounds 3] \\
-        [--section overload]
+        [--protocol grpc|http] [--section overload]
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ def role(process: str, thread: str) -> str:
     if thread.startswith("hetsched-"):
         return "workers"
     if thread == process:
-        return "loop and gRPC poller"  # the unnamed Python threads: asyncio's and grpc's own
+        return "event loop (HTTP) and gRPC poller"  # the unnamed Python threads: asyncio's, grpc's
     return "gRPC core"  # grpc's C++ threads (event_engine, ...)
 
 
@@ -116,17 +117,18 @@ def measure(target: Target, rate: float, seconds: float, server_pid: int) -> dic
 
 
 def triton_run(model_path: Path, name: str, config: TritonConfig, rate: float, seconds: float,
-               scratch: Path) -> dict[str, Any]:
+               scratch: Path, protocol: str) -> dict[str, Any]:
     server = TritonServer({name: model_path}, config, workdir=scratch / f"triton-{time.time_ns()}")
     try:
-        row = measure(Target(f"grpc://{server.grpc}", name), rate, seconds, server.process.pid)
+        address = server.grpc if protocol == "grpc" else server.http
+        row = measure(Target(f"{protocol}://{address}", name), rate, seconds, server.process.pid)
     finally:
         server.stop()
     return {**row, "tasks": 0, "wide_share": 0.0, "rows": {}}  # no trace of Triton's batches here
 
 
-def one_run(model_path: Path, name: str, config: str, rate: float, seconds: float, scratch: Path
-            ) -> dict[str, Any]:
+def one_run(model_path: Path, name: str, config: str, rate: float, seconds: float, scratch: Path,
+            protocol: str) -> dict[str, Any]:
     run = scratch / f"run-{time.time_ns()}"
     (run / "repository" / name / "1").mkdir(parents=True)
     (run / "repository" / name / "1" / "model.onnx").symlink_to(model_path)
@@ -135,27 +137,31 @@ def one_run(model_path: Path, name: str, config: str, rate: float, seconds: floa
     with DaemonProcess(run / "repository", "--trace-file", str(trace_file),
                        perfmodel_dir=run / "perfmodels") as d:
         started = time.perf_counter()
-        row = measure(Target(f"grpc://{d.grpc}", name), rate, seconds, d.process.pid)
+        address = d.grpc if protocol == "grpc" else d.http
+        row = measure(Target(f"{protocol}://{address}", name), rate, seconds, d.process.pid)
         load_s = time.perf_counter() - started  # the trace's last seconds: written at the daemon's stop
     return {**row, **task_mix(trace_file, load_s)}
 
 
-def run(name: str, rate: float, seconds: float, rounds: int, labels: list[str]) -> dict[str, Any]:
+def run(name: str, rate: float, seconds: float, rounds: int, labels: list[str], protocol: str
+        ) -> dict[str, Any]:
     scratch = Path(tempfile.mkdtemp(prefix="hetsched-overload-"))
     model_path = scratch / f"{name}.onnx"
     onnx.save(zoo.build(name), model_path)
     runs: dict[str, list[dict[str, Any]]] = {label: [] for label in labels}
     for index in range(rounds):
         for label in labels:
-            row = (triton_run(model_path, name, TRITON[label], rate, seconds, scratch) if label in TRITON
-                   else one_run(model_path, name, CONFIGS[label], rate, seconds, scratch))
+            row = (triton_run(model_path, name, TRITON[label], rate, seconds, scratch, protocol)
+                   if label in TRITON else one_run(model_path, name, CONFIGS[label], rate, seconds, scratch,
+                                                   protocol))
             runs[label].append(row)
             print(f"round {index + 1}/{rounds} {label}: {row['answers_per_s']:.1f} answers/s, "
                   f"p99 {row['p99_ms']:.0f} ms, idle {row['idle_share']:.1%}, "
                   f"server CPU {row['server_cpu_ms']:.2f} ms and client {row['client_cpu_ms']:.2f} ms "
                   f"per answer ({roles(row['cpu_ms_by_role'])}), wide {row['wide_share']:.0%} of tasks, "
                   f"rows {row['rows']}", flush=True)
-    return {"model": name, "rate": rate, "seconds": seconds, "rounds": rounds, "runs": runs}
+    return {"model": name, "rate": rate, "seconds": seconds, "rounds": rounds, "protocol": protocol,
+            "runs": runs}
 
 
 def roles(cpu_ms: dict[str, float]) -> str:
@@ -171,7 +177,8 @@ def report(results: dict[str, Any], command: str) -> str:
         f"`{command}` on {platform.node()} ({os.cpu_count()} cores, no GPU), {date.today().isoformat()}. "
         f"Each round runs every configuration in a fresh server (hetsched: fresh perf models, calibrated at "
         f"load; Triton: `nvidia-pytriton`'s tritonserver, Python backend running ONNX Runtime), "
-        f"{results['seconds']:g} s of open-loop Poisson batch-1 requests through `tritonclient` gRPC; "
+        f"{results['seconds']:g} s of open-loop Poisson batch-1 requests through `tritonclient` "
+        f"{'HTTP' if results['protocol'] == 'http' else 'gRPC'}; "
         f"medians over {results['rounds']} rounds. Idle: the machine's idle CPU time meanwhile (client "
         f"included). CPU per answer: the server's processes' user + system time (Triton's backend stubs "
         f"included), and the load generator's (this process), over the load, divided by the answers; "
@@ -213,13 +220,15 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     known = [*CONFIGS, *TRITON]
     parser.add_argument("--configs", default=",".join(known), help=f"comma-separated, of {known}")
+    parser.add_argument("--protocol", choices=("grpc", "http"), default="grpc",
+                        help="tritonclient's, against both servers")
     parser.add_argument("--section", default="overload", help="RESULTS.md section and results/<section>.json")
     args = parser.parse_args()
     labels = [label.strip() for label in args.configs.split(",")]
     unknown = sorted(set(labels) - set(known))
     if unknown:
         parser.error(f"unknown configs {unknown}; known: {known}")
-    results = run(args.model, args.rate, args.seconds, args.rounds, labels)
+    results = run(args.model, args.rate, args.seconds, args.rounds, labels, args.protocol)
     publish(results, args.section, report)
     return 0
 
