@@ -170,6 +170,7 @@ class Dmda(Policy):
         self.beta = beta
         self._order = itertools.count()
         self._queues: dict[str, list[tuple[int, Task]]] = {}
+        self._queued = 0  # tasks in all the queues: none, and an idle worker has nothing to take over
         self._free_s: dict[str, float] = {}  # per core ("c3") or per coreless worker ("w:gpu0")
         self._reservations: dict[str, deque[tuple[int, str]]] = {}  # slot -> (order, worker name)
         self._queued_s: dict[str, float] = {}  # slot -> predicted seconds reserved there, not started
@@ -216,6 +217,7 @@ class Dmda(Policy):
 
     def remove_worker(self, worker: WorkerSpec) -> list[Task]:
         held = [task for _, task in self._queues.pop(worker.name, [])]
+        self._queued -= len(held)
         for slot in self._slots(worker):
             reservations = self._reservations.get(slot, deque())
             for entry in [e for e in reservations if e[1] == worker.name]:
@@ -374,6 +376,7 @@ class Dmda(Policy):
                 reservations = all_reservations[slot] = deque()
             reservations.append((order, name))
         self._queues.setdefault(name, []).append((order, task))
+        self._queued += 1
         task.worker = worker
         task.predicted_s = length_s
         self.context.prefetch(task, worker)
@@ -403,6 +406,7 @@ class Dmda(Policy):
         if stolen is not None:
             return stolen
         order, task = queue.pop(index)
+        self._queued -= 1
         now, length = self.context.clock.now(), task.predicted_s
         free_s, queued_s, running_s = self._free_s, self._queued_s, self._running_s
         for slot in slots:
@@ -430,6 +434,8 @@ class Dmda(Policy):
         gives dmda both of its answers where workers are alike, and keeps its choices where
         they are not (a task stays where it ends sooner).  A task sent to calibrate its worker
         stays there, and so does one whose worker could start it now."""
+        if self._queued <= len(self._queues.get(thief.name, ())):
+            return None  # no other worker has a task waiting
         ctx = self.context
         now = ctx.clock.now()
         slots = self._slot_names[thief.name]
@@ -476,6 +482,7 @@ class Dmda(Policy):
             return None
         _, owner, order, task, length = best
         self._queues[owner].remove((order, task))
+        self._queued -= 1
         for slot in self._slot_names[owner]:
             reservations[slot].remove((order, owner))
             self._unreserve(slot, task.predicted_s)
@@ -503,6 +510,7 @@ class Dmda(Policy):
             for order, queued in queue:
                 if queued is task:
                     queue.remove((order, queued))
+                    self._queued -= 1
                     for slot in self._slots(task.worker) if task.worker else []:
                         self._reservations[slot].remove((order, name))
                         self._unreserve(slot, task.predicted_s)
