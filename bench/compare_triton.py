@@ -24,7 +24,7 @@ Writes bench/results/<section>.json (every round's results), bench/results/<sect
 each server, on the medians), and its section of bench/RESULTS.md.
 
     PYTHONPATH=. python bench/compare_triton.py [--models googlenet,resnet50,vit-tiny] [--duration 6]
-        [--min-requests 100] [--rounds 1]
+        [--min-requests 100] [--rounds 1] [--protocol grpc|http]
 """
 
 from __future__ import annotations
@@ -150,7 +150,7 @@ def sweep(url: str, name: str, rates: list[float], duration_s: float, min_reques
 
 def run_setup(
     setup: ServerSetup, name: str, model_path: Path, rates: list[float], duration_s: float, min_requests: int,
-    scratch: Path,
+    scratch: Path, protocol: str = "grpc",
 ) -> list[LoadResult]:
     print(f"  {setup.label}", flush=True)
     if setup.server == "hetsched":
@@ -162,12 +162,14 @@ def run_setup(
         # its own perf models, calibrated at load: a store shared across setups and rounds let one
         # daemon start from what another had learnt under overload
         with DaemonProcess(repository, perfmodel_dir=scratch / f"perfmodels-{repository.name}") as daemon:
-            return sweep(f"grpc://{daemon.grpc}", name, rates, duration_s, min_requests)
+            address = daemon.grpc if protocol == "grpc" else daemon.http
+            return sweep(f"{protocol}://{address}", name, rates, duration_s, min_requests)
     from hetsched.tritonserver import TritonServer
 
     server = TritonServer({name: model_path}, setup.triton, workdir=scratch / f"triton-{time.time_ns()}")
     try:
-        return sweep(f"grpc://{server.grpc}", name, rates, duration_s, min_requests)
+        address = server.grpc if protocol == "grpc" else server.http
+        return sweep(f"{protocol}://{address}", name, rates, duration_s, min_requests)
     finally:
         server.stop()
 
@@ -285,13 +287,15 @@ def report(summaries: list[dict[str, Any]], rounds: dict[str, Rounds], args: arg
         "",
         f"`PYTHONPATH=. python bench/compare_triton.py --models {args.models} --duration {args.duration} "
         f"--min-requests {args.min_requests} --rounds {args.rounds} --section {args.section}"
-        + (f" --setups '{','.join(args.setups)}'" if args.setups else "") + "` on "
+        + (f" --setups '{','.join(args.setups)}'" if args.setups else "")
+        + (f" --protocol {args.protocol}" if args.protocol != "grpc" else "") + "` on "
         f"{platform.node()} ({os.cpu_count()} cores, no GPU), {date.today().isoformat()}. Triton 2.51 from "
         "`nvidia-pytriton` 0.7.0 runs the same ONNX file through its Python backend with ONNX Runtime (its "
         "ONNX Runtime backend is not on PyPI); hetsched is `hetsched serve`, with its defaults or as a label "
         "says (b1: `max_batch_size: 0`; 2x1: two one-core groups, no wide worker), a fresh daemon with fresh "
         "perf models (calibrated at load) per sweep. Same client "
-        "(`tritonclient` gRPC), open-loop Poisson arrivals, batch-1 requests, "
+        f"(`tritonclient` {'HTTP' if args.protocol == 'http' else 'gRPC'}), open-loop Poisson arrivals, "
+        "batch-1 requests, "
         f"{args.duration:g} s per point and at least {args.min_requests} requests; client and server share "
         "the machine's cores."
         + (f" {args.rounds} rounds, the configurations interleaved in each; cells are medians over the "
@@ -358,6 +362,8 @@ def main() -> int:
     parser.add_argument("--setups", type=lambda text: text.split(","), default=[],
                         help="only these configurations, by label (e.g. 'hetsched b1,triton 2x1t'; "
                         "default: all)")
+    parser.add_argument("--protocol", choices=("grpc", "http"), default="grpc",
+                        help="tritonclient's, against every server (default grpc)")
     args = parser.parse_args()
     from hetsched.tritonserver import triton_available
 
@@ -390,7 +396,8 @@ def main() -> int:
                     print(f" round {index + 1}/{args.rounds}", flush=True)
                 for setup in chosen:
                     rounds[setup.label].append(
-                        run_setup(setup, name, model_path, rates, args.duration, args.min_requests, scratch))
+                        run_setup(setup, name, model_path, rates, args.duration, args.min_requests, scratch,
+                                  args.protocol))
             all_rounds[name] = rounds
             summaries.append(summarize(name, limit, rounds))
             (HERE / "results").mkdir(exist_ok=True)
