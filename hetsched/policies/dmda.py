@@ -8,7 +8,10 @@ At push, for every worker w that may run the task::
     fitness  = alpha * (end - best end over workers) + beta * transfer
 
 and the task goes to the worker of least fitness; its inputs are prefetched
-there at once, not when the worker frees up.  A worker whose perf model for the
+there at once, not when the worker frees up.  That placement is not final: a worker
+free to start a task takes over one queued on another worker when it would finish it
+no later there and it comes before its own next one (:meth:`Dmda._steal`), so where
+workers are alike and runs vary, requests wait as in a central queue.  A worker whose perf model for the
 task is not calibrated yet (NaN) gets the task instead, to calibrate it, as
 StarPU does; the one with the fewest tasks queued is chosen (its queue's length
 in time is unknown).
