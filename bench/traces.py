@@ -95,7 +95,16 @@ def triton_breakdown(path: Path) -> dict[str, Any]:
     }
 
 
-def run(model_name: str, fraction: float, duration: float) -> dict[str, Any]:
+def traced_row(load: Any, trace_path: Path) -> dict[str, Any]:
+    """A hetsched row: the client's latency, and the breakdown its daemon's trace gives."""
+    return {
+        "client": {"p50_ms": load.p50_ms, "p99_ms": load.p99_ms, "achieved": load.achieved_rate},
+        **hetsched_breakdown(json.loads(trace_path.read_text())),
+        "trace": str(trace_path.relative_to(HERE.parent)),
+    }
+
+
+def run(model_name: str, fraction: float, duration: float, also_b1: bool = False) -> dict[str, Any]:
     from hetsched.tritonserver import TritonConfig, TritonServer, triton_available
 
     cores = len(os.sched_getaffinity(0))
@@ -117,11 +126,14 @@ def run(model_name: str, fraction: float, duration: float) -> dict[str, Any]:
         with DaemonProcess(repository, "--trace-file", str(trace_path), perfmodel_dir=perf) as daemon:
             load = open_loop(Target(f"grpc://{daemon.grpc}", model_name), rate, duration)
         results.update(capacity=capacity, rate=rate)
-        results["servers"]["hetsched"] = {
-            "client": {"p50_ms": load.p50_ms, "p99_ms": load.p99_ms, "achieved": load.achieved_rate},
-            **hetsched_breakdown(json.loads(trace_path.read_text())),
-            "trace": str(trace_path.relative_to(HERE.parent)),
-        }
+        results["servers"]["hetsched"] = traced_row(load, trace_path)
+        if also_b1:  # the same load without the dynamic batcher: what the time before the scheduler is
+            (repository / model_name / "config.pbtxt").write_text("max_batch_size: 0\n")
+            b1_path = HERE / "results" / f"trace_hetsched_b1_{model_name}.json"
+            b1_perf = Path(scratch) / "perf-b1"
+            with DaemonProcess(repository, "--trace-file", str(b1_path), perfmodel_dir=b1_perf) as daemon:
+                load = open_loop(Target(f"grpc://{daemon.grpc}", model_name), rate, duration)
+            results["servers"]["hetsched b1"] = traced_row(load, b1_path)
         missing = triton_available()
         if missing:
             results["triton_missing"] = missing
@@ -158,6 +170,7 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
         "",
         f"`PYTHONPATH=.:bench python bench/traces.py --model {args.model} --fraction {args.fraction} "
         f"--duration {args.duration}"
+        + (" --also-b1" if args.also_b1 else "")
         + (f" --section {args.section}" if args.section != "traces" else "") + "` on"
         f" {platform.node()} ({results['cores']} cores), "
         f"{date.today().isoformat()}. "
@@ -190,9 +203,11 @@ def main() -> int:
     parser.add_argument("--model", default="googlenet")
     parser.add_argument("--fraction", type=float, default=0.8, help="of hetsched's closed-loop capacity")
     parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--also-b1", action="store_true",
+                        help="also trace hetsched with batching off (max_batch_size: 0) at the same rate")
     parser.add_argument("--section", default="traces", help="RESULTS.md section and results/<section>.json")
     args = parser.parse_args()
-    results = run(args.model, args.fraction, args.duration)
+    results = run(args.model, args.fraction, args.duration, args.also_b1)
     (HERE / "results" / f"{args.section}.json").write_text(json.dumps(results, indent=2) + "\n")
     text = report(results, args)
     print(text)
