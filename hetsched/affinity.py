@@ -77,7 +77,10 @@ def pin_thread(cores: Iterable[int]) -> None:
 
 def name_os_thread() -> None:
     """Give the calling thread's Python name to the OS (Linux; elsewhere, nothing)."""
-    if _sched_setaffinity is None:  # not Linux, or no libc at hand
+    if platform.system() != "Linux":
         return
     name = threading.current_thread().name.encode("utf-8", "replace")[:15]
-    libc().prctl(_PR_SET_NAME, ctypes.c_char_p(name), 0, 0, 0)
+    try:
+        libc().prctl(_PR_SET_NAME, ctypes.c_char_p(name), 0, 0, 0)
+    except (OSError, AttributeError):  # no libc at hand: the thread keeps the process's name
+        pass

@@ -386,13 +386,16 @@ class Dmda(Policy):
 
     @staticmethod
     def _precedence(order: int, task: Task) -> tuple[int, ...]:
-        """Which of a worker's queued tasks runs first (least first): the oldest assignment."""
+        """Which of the queued tasks runs first (least first): the oldest assignment."""
         return (order,)
 
+    def _in_precedence(self, queue: list[tuple[int, Task]]) -> list[tuple[int, Task]]:
+        """``queue`` first to last by :meth:`_precedence`: as assigned, which is oldest first."""
+        return queue
+
     def _pick(self, queue: list[tuple[int, Task]]) -> int:
-        """Index in ``queue`` of the task to run next."""
-        precedence = self._precedence
-        return min(range(len(queue)), key=lambda i: precedence(*queue[i])) if len(queue) > 1 else 0
+        """Index in ``queue`` of the task to run next: the oldest assignment, the first."""
+        return 0
 
     def pop(self, worker: WorkerSpec) -> Task | None:
         name = worker.name
@@ -410,21 +413,27 @@ class Dmda(Policy):
             return stolen
         order, task = queue.pop(index)
         self._queued -= 1
-        now, length = self.context.clock.now(), task.predicted_s
-        free_s, queued_s, running_s = self._free_s, self._queued_s, self._running_s
         for slot in slots:
             held = reservations[slot]
             if held[0][0] == order:
                 held.popleft()
             else:
                 held.remove((order, name))
-            self._unreserve(slot, length)
-            free_s[slot] = now + length + queued_s[slot]  # started now, whatever was predicted
-            running_s[slot] = length
-        self._busy.update(slots)
-        if name in self._wide:
-            self._wide_ran_s[name] = now
+            self._unreserve(slot, task.predicted_s)
+        self._started(worker, task.predicted_s, self.context.clock.now())
         return task
+
+    def _started(self, worker: WorkerSpec, length_s: float, now: float) -> None:
+        """A task of ``length_s`` predicted seconds starts on ``worker`` now: its cores are busy, and
+        expected free once it and what is reserved on them have run, whatever was predicted."""
+        free_s, queued_s, running_s = self._free_s, self._queued_s, self._running_s
+        slots = self._slot_names[worker.name]
+        for slot in slots:
+            free_s[slot] = now + length_s + queued_s.get(slot, 0.0)
+            running_s[slot] = length_s
+        self._busy.update(slots)
+        if worker.name in self._wide:
+            self._wide_ran_s[worker.name] = now
 
     def _steal(self, thief: WorkerSpec, before: tuple[int, ...] | None) -> Task | None:
         """A task queued on another worker that ``thief``, free to start one now, would finish no
@@ -459,7 +468,7 @@ class Dmda(Policy):
                 running_end = max(running_end, end)
             owner_busy = bool(self._busy.intersection(owner_slots))
             ahead = 0.0
-            for order, task in sorted(queue, key=lambda entry: self._precedence(*entry)):
+            for order, task in self._in_precedence(queue):
                 length_there = task.predicted_s
                 start_there = running_end + ahead
                 ahead += length_there
@@ -490,12 +499,7 @@ class Dmda(Policy):
             reservations[slot].remove((order, owner))
             self._unreserve(slot, task.predicted_s)
             free_s[slot] = max(now, free_s.get(slot, now) - task.predicted_s)
-        for slot in slots:
-            free_s[slot] = now + length + queued_s.get(slot, 0.0)
-            self._running_s[slot] = length
-        self._busy.update(slots)
-        if thief.name in self._wide:
-            self._wide_ran_s[thief.name] = now
+        self._started(thief, length, now)
         task.worker = thief
         task.predicted_s = length
         ctx.prefetch(task, thief)
@@ -545,3 +549,9 @@ class Dmdas(Dmda):
     @staticmethod
     def _precedence(order: int, task: Task) -> tuple[int, ...]:
         return (-task.priority, order)
+
+    def _in_precedence(self, queue: list[tuple[int, Task]]) -> list[tuple[int, Task]]:
+        return sorted(queue, key=lambda entry: self._precedence(*entry))
+
+    def _pick(self, queue: list[tuple[int, Task]]) -> int:
+        return min(range(len(queue)), key=lambda i: self._precedence(*queue[i]))
