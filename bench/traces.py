@@ -10,7 +10,12 @@ Poisson schedule through ``tritonclient`` gRPC (bench/load.py) against:
 
 From both: per request, the time waiting in the server's queue (hetsched: arrival to its first
 task's start; Triton: QUEUE_START to COMPUTE_START) and computing (hetsched: the sum of its tasks;
-Triton: COMPUTE_START to COMPUTE_END), medians and p99, beside the client's latency.  Writes the
+Triton: COMPUTE_START to COMPUTE_END), medians and p99, beside the client's latency.  And each
+client request's way through the gRPC frontend, from the moment it holds the whole message to the
+call's end (hetsched: its frontend stamps, hetsched.trace.RequestStamps; Triton: GRPC_WAITREAD_END
+to GRPC_SEND_END), by phase: decode, model (batcher and scheduler; Triton: its queue, backend and
+stub), encode, send; what is left of the client's latency is the upload, the client and the
+network stack.  Writes the
 traces and bench/results/<section>.json to bench/results/ and its section of bench/RESULTS.md
 (``--section``, default ``traces``: a run on another model can keep the first).
 
@@ -57,8 +62,8 @@ def hetsched_breakdown(trace: dict[str, Any]) -> dict[str, Any]:
     """Queue and compute per request, and busy share per worker, from our Chrome trace."""
     events = trace["traceEvents"]
     names = {e["tid"]: e["args"]["name"] for e in events if e["ph"] == "M"}
-    arrived = {e["name"]: e["ts"] for e in events if e["ph"] == "b"}
-    answered = {e["name"]: e["ts"] for e in events if e["ph"] == "e"}
+    arrived = {e["name"]: e["ts"] for e in events if e["ph"] == "b" and e["cat"] == "request"}
+    answered = {e["name"]: e["ts"] for e in events if e["ph"] == "e" and e["cat"] == "request"}
     first_start: dict[str, float] = {}
     compute: dict[str, float] = defaultdict(float)
     busy: dict[str, float] = defaultdict(float)
@@ -75,7 +80,31 @@ def hetsched_breakdown(trace: dict[str, Any]) -> dict[str, Any]:
         "compute": _stats([compute[j] / 1e6 for j in jobs]),
         "in_server": _stats([(answered[j] - arrived[j]) / 1e6 for j in jobs]),
         "busy_share": {w: t / span for w, t in sorted(busy.items())} if span > 0 else {},
+        "frontend": _frontend_stats(_hetsched_frontend(events)),
     }
+
+
+FRONTEND = ("receive", "decode", "model", "encode", "send", "handled")  # handled: received to sent
+
+
+def _hetsched_frontend(events: list[dict[str, Any]]) -> list[dict[str, float]]:
+    """Per client request of the unary gRPC frontend, each phase's seconds, from its stamps' slices."""
+    stamps: dict[str, dict[tuple[str, str], float]] = defaultdict(dict)
+    for e in events:
+        if e.get("cat") == "frontend":
+            stamps[e["id"]][(e["name"], e["ph"])] = e["ts"]
+    requests = []
+    for seen in stamps.values():
+        if ("send", "e") not in seen:  # HTTP's, the stream's: not the unary calls the load makes
+            continue
+        row = {p: (seen[(p, "e")] - seen[(p, "b")]) / 1e6 for p in FRONTEND[:-1]}
+        row["handled"] = (seen[("send", "e")] - seen[("decode", "b")]) / 1e6
+        requests.append(row)
+    return requests
+
+
+def _frontend_stats(requests: list[dict[str, float]]) -> dict[str, Any]:
+    return {p: _stats([r[p] for r in requests if p in r]) for p in FRONTEND}
 
 
 def triton_breakdown(path: Path) -> dict[str, Any]:
@@ -88,10 +117,18 @@ def triton_breakdown(path: Path) -> dict[str, Any]:
     def between(first: str, last: str) -> list[float]:
         return [(s[last] - s[first]) / 1e9 for s in stamps.values() if first in s and last in s]
 
+    phases = {"decode": ("GRPC_WAITREAD_END", "QUEUE_START"),
+              "model": ("QUEUE_START", "INFER_RESPONSE_COMPLETE"),
+              "encode": ("INFER_RESPONSE_COMPLETE", "GRPC_SEND_START"),
+              "send": ("GRPC_SEND_START", "GRPC_SEND_END"),
+              "handled": ("GRPC_WAITREAD_END", "GRPC_SEND_END")}
+    frontend = [{p: (s[b] - s[a]) / 1e9 for p, (a, b) in phases.items()}
+                for s in stamps.values() if all(n in s for pair in phases.values() for n in pair)]
     return {
         "queue": _stats(between("QUEUE_START", "COMPUTE_START")),
         "compute": _stats(between("COMPUTE_START", "COMPUTE_END")),
         "in_server": _stats(between("REQUEST_START", "REQUEST_END")),
+        "frontend": _frontend_stats(frontend),  # no "receive": Triton stamps no call's arrival
     }
 
 
@@ -191,6 +228,23 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
             f"{row[k]['median_ms']:.1f} / {row[k]['p99_ms']:.1f}" for k in ("in_server", "queue", "compute")
         ]
         lines.append(f"| {label} | " + " | ".join(cells) + f" | `{row['trace']}` |")
+    lines += [
+        "",
+        "Through the gRPC frontend, per client request, median / p99 ms: from holding the whole "
+        "message to the call's end ('handled'), by phase; 'receive' is hetsched's from the call's "
+        "headers at grpc's poller to its handler holding the message (Triton stamps no arrival), and "
+        "'client - handled' the difference of their medians: the upload, the client, the network stack.",
+        "",
+        "| server | receive | decode | model | encode | send | handled | client - handled |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for label, row in results["servers"].items():
+        phases = row.get("frontend", {})
+        cells = [f"{phases[p]['median_ms']:.2f} / {phases[p]['p99_ms']:.2f}" if phases[p]["count"] else "—"
+                 for p in FRONTEND]
+        handled = phases["handled"]
+        left = f"{row['client']['p50_ms'] - handled['median_ms']:.1f}" if handled["count"] else "—"
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {left} |")
     busy = results["servers"]["hetsched"]["busy_share"]
     lines += ["", "hetsched workers' busy share: " + ", ".join(f"{w} {s:.0%}" for w, s in busy.items()) + "."]
     if "triton_missing" in results:

@@ -1,10 +1,12 @@
-"""Traces: every task's submit / ready / start / end and worker, and every transfer of a task's
-inputs that a platform makes ahead of the task, as Chrome trace JSON (opens in Perfetto) and as
-summaries (per-worker utilization and idle time; transfer time and the share of it hidden under
-compute, i.e. over before the task it feeds started).
+"""Traces: every task's submit / ready / start / end and worker, every transfer of a task's
+inputs that a platform makes ahead of the task, and, in the daemon, every client request's way
+through its frontend, as Chrome trace JSON (opens in Perfetto) and as summaries (per-worker
+utilization and idle time; transfer time and the share of it hidden under compute, i.e. over
+before the task it feeds started).
 
 A :class:`TraceRecorder` is an instrument: the scheduler calls ``on_event`` under its
-lock, so recording is a list append and nothing else; platforms call ``on_transfer``.
+lock, so recording is a list append and nothing else; platforms call ``on_transfer``, the
+daemon's frontends ``on_request``.
 """
 
 from __future__ import annotations
@@ -42,6 +44,38 @@ class TransferEvent:
     end_s: float
 
 
+class RequestStamps:
+    """One client request's way through a daemon frontend, on the scheduler's clock.
+
+    A frontend stamps what it sees (``arrived_s``, ``received_s``, ``encoded_s``, ``sent_s``),
+    the service the hand-over to the model and its answer (``submitted_s``, ``answered_s``);
+    a point a frontend cannot see stays NaN.  The phases between them (:data:`PHASES`) are what
+    a client's latency spends outside the scheduler, which a task trace alone cannot show.
+    """
+
+    __slots__ = ("frontend", "model", "arrived_s", "received_s", "submitted_s", "answered_s",
+                 "encoded_s", "sent_s")
+
+    def __init__(self, frontend: str, model: str, arrived_s: float) -> None:
+        self.frontend = frontend  # "grpc", "grpc stream", "http"
+        self.model = model
+        self.arrived_s = arrived_s  # gRPC: its headers reached grpc's poller; else = received_s
+        self.received_s = math.nan  # the frontend's handler holds the whole request
+        self.submitted_s = math.nan  # decoded and checked: handed to the model (batcher, scheduler)
+        self.answered_s = math.nan  # the model's answer (or error) is there
+        self.encoded_s = math.nan  # the response is built and handed to the protocol library
+        self.sent_s = math.nan  # gRPC unary: the call is over, its response and status sent
+
+
+PHASES = (  # (name, from, to): a request's way through a frontend, in order
+    ("receive", "arrived_s", "received_s"),  # gRPC: the message's upload and the hop to a pool thread
+    ("decode", "received_s", "submitted_s"),
+    ("model", "submitted_s", "answered_s"),  # the dynamic batcher's wait, then the scheduler's tasks
+    ("encode", "answered_s", "encoded_s"),  # the handler's wake-up, then the response built
+    ("send", "encoded_s", "sent_s"),
+)
+
+
 @dataclass(frozen=True)
 class TransferSummary:
     transfers: int
@@ -65,6 +99,7 @@ class TraceRecorder:
         self.limit = limit  # events kept at most, so a long-running daemon cannot grow without bound
         self._events: list[TraceEvent] = []
         self._transfers: list[TransferEvent] = []
+        self._requests: list[RequestStamps] = []
         self._lock = threading.Lock()
 
     def on_event(self, event: str, task: Task, worker: WorkerSpec | None, when_s: float) -> None:
@@ -82,6 +117,16 @@ class TraceRecorder:
             if len(self._transfers) < self.limit:
                 self._transfers.append(TransferEvent(task.id, task.job.name, source, target, nbytes,
                                                      start_s, end_s))
+
+    def on_request(self, stamps: RequestStamps) -> None:
+        """A frontend has answered a client request."""
+        with self._lock:
+            if len(self._requests) < self.limit:
+                self._requests.append(stamps)
+
+    def requests(self) -> list[RequestStamps]:
+        with self._lock:
+            return list(self._requests)
 
     def events(self) -> list[TraceEvent]:
         with self._lock:
@@ -103,11 +148,15 @@ class TraceRecorder:
         return spans
 
     def chrome_trace(self) -> dict[str, Any]:
-        """Complete ("X") events, one row per worker, and one async slice per request from its
-        arrival (its tasks' submission) to its last task's end; microseconds from the first event."""
-        events, transfers = self.events(), self.transfers()  # one snapshot: tracing may go on meanwhile
+        """Complete ("X") events, one row per worker; one async slice (category "request") per job
+        from its arrival (its tasks' submission) to its last task's end; and one (category
+        "frontend") per client request from its arrival at a frontend to its answer's sending,
+        its phases nested in it.  Microseconds from the first event."""
+        # one snapshot: tracing may go on meanwhile
+        events, transfers, requests = self.events(), self.transfers(), self.requests()
         spans = self._spans(events)
-        origin = min([e.when_s for e in events] + [t.start_s for t in transfers], default=0.0)
+        origin = min([e.when_s for e in events] + [t.start_s for t in transfers]
+                     + [r.arrived_s for r in requests], default=0.0)
         links = sorted({_link(t) for t in transfers})
         rows = sorted({s.worker for s, _ in spans if s.worker}) + links  # a row per worker, per link
         tid = {name: i for i, name in enumerate(rows)}
@@ -150,6 +199,8 @@ class TraceRecorder:
                         "ts": (when - origin) * 1e6,
                     }
                 )
+        for number, stamps in enumerate(requests):
+            trace.extend(_frontend_slices(stamps, f"frontend {number}", origin))
         return {"traceEvents": trace, "displayTimeUnit": "ms"}
 
     def save(self, path: str | Path) -> None:
@@ -182,6 +233,20 @@ class TraceRecorder:
                 hidden += max(0.0, min(t.end_s, started[t.task_id]) - t.start_s)
         return TransferSummary(len(transfers), sum(t.nbytes for t in transfers), seconds,
                                hidden / seconds if seconds > 0 else math.nan)
+
+
+def _frontend_slices(stamps: RequestStamps, ident: str, origin: float) -> list[dict[str, Any]]:
+    """A client request as async slices of one id: the whole, and each phase it was seen through."""
+    points = [getattr(stamps, name) for name in stamps.__slots__[2:]]
+    seen = [p for p in points if not math.isnan(p)]
+    common = {"cat": "frontend", "id": ident, "pid": 1}
+    slices = [(f"{stamps.frontend} {stamps.model}", seen[0], seen[-1])]
+    for phase, first, last in PHASES:
+        start, end = getattr(stamps, first), getattr(stamps, last)
+        if not (math.isnan(start) or math.isnan(end)):
+            slices.append((phase, start, end))
+    return [{"ph": ph, "name": name, "ts": (when - origin) * 1e6, **common}
+            for name, start, end in slices for ph, when in (("b", start), ("e", end))]
 
 
 def _link(transfer: TransferEvent) -> str:

@@ -1,5 +1,6 @@
 """Traces on a simulated platform (exact times): Chrome trace slices per worker, one async slice per
-request, and the per-worker summary; and `hetsched serve --trace-file` writing one on stop."""
+request, and the per-worker summary; a frontend's request stamps as nested slices; and `hetsched
+serve --trace-file` writing one on stop, with every client request's way through each frontend."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from hetsched.policies import make_policy
 from hetsched.scheduler import Scheduler
 from hetsched.simulate import SimulatedExecutor, table_duration
 from hetsched.task import Job, Task, WorkerSpec
-from hetsched.trace import TraceRecorder
+from hetsched.trace import PHASES, RequestStamps, TraceRecorder
 
 WORKERS = [WorkerSpec("a", "cpu:1t", "host:0", (0,)), WorkerSpec("b", "cpu:1t", "host:0", (1,))]
 
@@ -52,8 +53,8 @@ def test_chrome_trace_has_a_slice_per_task_and_an_async_slice_per_request() -> N
     assert sorted(e["dur"] for e in slices) == pytest.approx([1e6] * 3 + [2e6] * 3)
     assert {e["name"]: e["args"]["rows"] for e in slices} == {  # each task's batch, to read batching
         f"r{i} part {part}": i + 1 for i in range(3) for part in (0, 1)}
-    begins = {e["name"]: e["ts"] for e in events if e["ph"] == "b"}
-    ends = {e["name"]: e["ts"] for e in events if e["ph"] == "e"}
+    begins = {e["name"]: e["ts"] for e in events if e["ph"] == "b" and e["cat"] == "request"}
+    ends = {e["name"]: e["ts"] for e in events if e["ph"] == "e" and e["cat"] == "request"}
     assert set(begins) == set(ends) == {"r0", "r1", "r2"}
     assert all(begins[job] == 0 for job in begins)  # every request arrived at t=0
     for job, end in ends.items():  # a request ends with its last task
@@ -61,6 +62,37 @@ def test_chrome_trace_has_a_slice_per_task_and_an_async_slice_per_request() -> N
         assert end == pytest.approx(max(mine))
     assert max(ends.values()) == pytest.approx(5e6)  # 3 x (2 + 1) s of work on two workers
     json.dumps(trace)  # what Perfetto reads
+
+
+def frontend_slices(events: list[dict[str, Any]]) -> dict[str, dict[str, tuple[float, float]]]:
+    """Per frontend request (its id): each slice's name -> (begin, end) in µs."""
+    found: dict[str, dict[str, list[float]]] = {}
+    for e in events:
+        if e.get("cat") == "frontend":
+            found.setdefault(e["id"], {}).setdefault(e["name"], []).append(e["ts"])
+    for slices in found.values():
+        assert all(len(ts) == 2 for ts in slices.values()), slices  # one begin and one end each
+    return {ident: {name: (min(ts), max(ts)) for name, ts in slices.items()} for ident, slices in found.items()}
+
+
+def test_a_frontends_stamps_become_a_request_slice_with_its_phases_nested() -> None:
+    recorder = traced_run()
+    grpc = RequestStamps("grpc", "m", 1.0)
+    for offset, point in enumerate(("received_s", "submitted_s", "answered_s", "encoded_s", "sent_s"), 1):
+        setattr(grpc, point, 1.0 + offset / 10)
+    http = RequestStamps("http", "m", 2.0)  # no sending seen
+    http.received_s, http.submitted_s, http.answered_s, http.encoded_s = 2.0, 2.25, 2.5, 3.0
+    recorder.on_request(grpc)
+    recorder.on_request(http)
+    found = list(frontend_slices(recorder.chrome_trace()["traceEvents"]).values())
+    assert [sorted(f) for f in found] == [sorted(["grpc m", *(p for p, _, _ in PHASES)]),
+                                           sorted(["http m", "receive", "decode", "model", "encode"])]
+    whole = found[0].pop("grpc m")
+    assert whole == pytest.approx((1e6, 1.5e6))  # the simulated run's first event is at t=0
+    assert [t for p, _, _ in PHASES for t in found[0][p]] == pytest.approx(
+        [1e6 + (i + j) * 1e5 for i in range(5) for j in (0, 1)])
+    assert found[1]["http m"] == pytest.approx((2e6, 3e6))
+    assert found[1]["receive"] == pytest.approx((2e6, 2e6)) and found[1]["encode"] == pytest.approx((2.5e6, 3e6))
 
 
 def test_transfers_get_a_row_per_link_and_the_share_hidden_under_compute() -> None:
@@ -99,6 +131,7 @@ def test_summary_gives_each_workers_busy_time() -> None:
 
 def test_the_daemon_writes_its_trace_on_stop(tmp_path: Path) -> None:
     import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
 
     add_zoo_model(tmp_path / "repository", "lenet5", "lenet5",
                   'parameters { key: "hetsched.ratios" value { string_value: "0.5,0.5" } }')
@@ -110,9 +143,36 @@ def test_the_daemon_writes_its_trace_on_stop(tmp_path: Path) -> None:
     request.set_data_from_numpy(np.zeros((1, 1, 32, 32), np.float32))
     for _ in range(3):
         client.infer("lenet5", [request])
+    answers: list[Any] = []
+    client.start_stream(lambda result, error: answers.append(error or result))
+    client.async_stream_infer("lenet5", [request])
+    client.stop_stream()  # waits for the answer
     client.close()
+    http = httpclient.InferenceServerClient(server.http)
+    http_request = httpclient.InferInput("input", [1, 1, 32, 32], "FP32")
+    http_request.set_data_from_numpy(np.zeros((1, 1, 32, 32), np.float32))
+    http.infer("lenet5", [http_request])
+    http.close()
     assert server.stop() == 0, server.text()[-2000:]
+    assert not any(isinstance(a, Exception) for a in answers) and len(answers) == 1
     events = json.loads(trace_file.read_text())["traceEvents"]
-    requests = {e["name"] for e in events if e["ph"] == "b"}
-    assert len(requests) >= 3  # the warm-up's requests are traced too
-    assert sum(e["ph"] == "X" for e in events) == 2 * len(requests)
+    jobs = {e["name"]: e["ts"] for e in events if e["ph"] == "b" and e["cat"] == "request"}
+    ended = {e["name"]: e["ts"] for e in events if e["ph"] == "e" and e["cat"] == "request"}
+    assert len(jobs) >= 5  # the warm-up's requests are traced too
+    assert sum(e["ph"] == "X" for e in events) == 2 * len(jobs)
+    requests = list(frontend_slices(events).values())  # the clients' five, not the warm-up's
+    assert sorted(next(n for n in r if n.startswith(("grpc", "http"))) for r in requests) == [
+        "grpc lenet5"] * 3 + ["grpc stream lenet5", "http lenet5"]
+    for r in requests:
+        whole = next(v for n, v in r.items() if "lenet5" in n)
+        kind = next(n for n in r if "lenet5" in n)
+        # the phases each frontend sees, in order, one after the other, within the whole
+        seen = [p for p, _, _ in PHASES if p in r]
+        assert seen == {"grpc lenet5": ["receive", "decode", "model", "encode", "send"],
+                        "grpc stream lenet5": ["receive", "decode", "model", "encode"],
+                        "http lenet5": ["receive", "decode", "model", "encode"]}[kind]
+        assert r[seen[0]][0] == whole[0] and r[seen[-1]][1] == whole[1]
+        assert all(r[a][1] == r[b][0] and r[a][0] <= r[a][1] for a, b in zip(seen, seen[1:]))
+        # on the scheduler's clock: a job of the trace runs within the request's model phase
+        start, end = r["model"]
+        assert any(start <= jobs[j] and ended[j] <= end for j in jobs), (r, jobs, ended)

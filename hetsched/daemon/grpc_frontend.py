@@ -28,10 +28,12 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
 from hetsched.affinity import name_os_thread
+from hetsched.clock import MonotonicClock
 from hetsched.daemon.access import AdminSecret
 from hetsched.daemon.service import EXTENSIONS, SERVER_NAME, InferenceService, status_of
 from hetsched.daemon.tensors import from_bytes, from_json, to_bytes
 from hetsched.errors import HetschedError, InvalidInputError
+from hetsched.trace import RequestStamps
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +67,9 @@ def _answering(method: Callable[..., Reply]) -> Callable[..., Reply]:
     """Turn hetsched errors into gRPC statuses; anything else is INTERNAL and the server keeps serving."""
 
     @functools.wraps(method)
-    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Reply:
+    def wrapper(self: Any, request: Any, context: grpc.ServicerContext, **kwargs: Any) -> Reply:
         try:
-            return method(self, request, context)
+            return method(self, request, context, **kwargs)
         except HetschedError as exc:
             context.abort(_CODES.get(status_of(exc), grpc.StatusCode.INTERNAL), str(exc))
         except Exception as exc:
@@ -144,9 +146,20 @@ class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         return pb.RepositoryModelUnloadResponse()
 
     @_answering
-    def ModelInfer(self, request: Any, context: Any) -> Any:
-        served, future = self._submit(request, run_here=True)  # this thread waits for the answer anyway
-        return self._response(request, served, future.result())
+    def ModelInfer(self, request: Any, context: Any, arrived_s: float | None = None) -> Any:
+        """``arrived_s``: when grpc's poller saw the call (_Arrivals, when tracing)."""
+        served = self.service.get(request.model_name, request.model_version)
+        stamps = self.service.stamps(served, "grpc", arrived_s)
+        future = self._submit(served, request, run_here=True, stamps=stamps)  # this thread waits anyway
+        response = self._response(request, served, future.result())
+        if stamps is not None:
+            stamps.encoded_s = MonotonicClock.now()
+            context.add_callback(functools.partial(self._sent, served, stamps))
+        return response
+
+    def _sent(self, served: Any, stamps: RequestStamps) -> None:
+        stamps.sent_s = MonotonicClock.now()
+        self.service.record(served, stamps)
 
     def ModelStreamInfer(self, requests: Iterator[Any], context: Any) -> Iterator[Any]:
         """Answers each request as it completes; a failed request answers ``error_message``."""
@@ -154,12 +167,15 @@ class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         pending = threading.Semaphore(0)  # one release per request answered
         count = 0
 
-        def answered(request: Any, served: Any, done: Future[Any]) -> None:
+        def answered(request: Any, served: Any, stamps: RequestStamps | None, done: Future[Any]) -> None:
             error = done.exception()
             if error is None:
                 answers.put(
                     pb.ModelStreamInferResponse(infer_response=self._response(request, served, done.result()))
                 )
+                if stamps is not None:
+                    stamps.encoded_s = MonotonicClock.now()
+                    self.service.record(served, stamps)
             else:
                 answers.put(pb.ModelStreamInferResponse(error_message=str(error)))
             pending.release()
@@ -171,12 +187,14 @@ class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                 for request in requests:
                     count += 1
                     try:
-                        served, future = self._submit(request)
+                        served = self.service.get(request.model_name, request.model_version)
+                        stamps = self.service.stamps(served, "grpc stream")
+                        future = self._submit(served, request, stamps=stamps)
                     except Exception as exc:
                         answers.put(pb.ModelStreamInferResponse(error_message=str(exc)))
                         pending.release()
                         continue
-                    future.add_done_callback(functools.partial(answered, request, served))
+                    future.add_done_callback(functools.partial(answered, request, served, stamps))
             finally:
                 for _ in range(count):
                     pending.acquire()
@@ -186,8 +204,8 @@ class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         while (response := answers.get()) is not STREAM_END:
             yield response
 
-    def _submit(self, request: Any, run_here: bool = False) -> tuple[Any, Future[Any]]:
-        served = self.service.get(request.model_name, request.model_version)
+    def _submit(self, served: Any, request: Any, run_here: bool = False,
+                stamps: RequestStamps | None = None) -> Future[Any]:
         inputs = _decode_inputs(request)
         outputs = None
         if request.outputs:
@@ -196,7 +214,7 @@ class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                     "the classification extension is not supported; ask for the raw output"
                 )
             outputs = [o.name for o in request.outputs]
-        return served, self.service.submit(served, inputs, outputs, run_here)
+        return self.service.submit(served, inputs, outputs, run_here, stamps)
 
     @staticmethod
     def _response(request: Any, served: Any, result: dict[str, np.ndarray]) -> Any:
@@ -240,6 +258,19 @@ def _decode_inputs(request: Any) -> dict[str, tuple[np.ndarray, str]]:
     return inputs
 
 
+class _Arrivals(grpc.ServerInterceptor):
+    """With tracing on: stamps each ModelInfer call when grpc's poller thread sees it (its headers
+    are in), so the trace shows the message's upload and the hop to a pool thread before the
+    handler runs.  Interceptors run on the poller thread, which serves every call: only traced."""
+
+    def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
+        handler = continuation(details)
+        if handler is None or not details.method.endswith("/ModelInfer"):
+            return handler
+        stamped = functools.partial(handler.unary_unary, arrived_s=MonotonicClock.now())
+        return handler._replace(unary_unary=stamped)
+
+
 def build_server(
     service: InferenceService,
     version: str,
@@ -259,6 +290,7 @@ def build_server(
     server = grpc.server(
         futures.ThreadPoolExecutor(max_calls, thread_name_prefix="hetsched-grpc", initializer=name_os_thread),
         maximum_concurrent_rpcs=max_calls,
+        interceptors=[_Arrivals()] if service.trace_file else [],
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", -1),

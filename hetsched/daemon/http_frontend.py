@@ -24,6 +24,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import DecompressSizeError, HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
+from hetsched.clock import MonotonicClock
 from hetsched.daemon import config as configs
 from hetsched.daemon.access import AdminSecret
 from hetsched.daemon.service import EXTENSIONS, SERVER_NAME, InferenceService, ServedModel, status_of
@@ -152,13 +153,19 @@ class _Api:
 
     async def infer(self, request: web.Request) -> web.Response:
         served = self._model(request)
+        arrived_s = MonotonicClock.now()
         body = await request.read()  # aiohttp inflates gzip/deflate bodies and checks the inflated size
+        stamps = self.service.stamps(served, "http", arrived_s)
         header, binary = _split_body(body, request.headers.get(HEADER_LENGTH))
         doc = _parse_json(header)
         inputs = _decode_inputs(doc, binary)
         outputs, binary_outputs = _requested_outputs(doc)
-        result = await asyncio.wrap_future(self.service.submit(served, inputs, outputs))
-        return _encode_response(request, served, doc.get("id"), result, binary_outputs)
+        result = await asyncio.wrap_future(self.service.submit(served, inputs, outputs, stamps=stamps))
+        response = _encode_response(request, served, doc.get("id"), result, binary_outputs)
+        if stamps is not None:  # aiohttp writes the response once this returns: not seen here
+            stamps.encoded_s = MonotonicClock.now()
+            self.service.record(served, stamps)
+        return response
 
     def _model(self, request: web.Request) -> ServedModel:
         return self.service.get(request.match_info["name"], request.match_info.get("version", ""))

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 from tritonclient.grpc import model_config_pb2 as mc
 
+from hetsched.clock import MonotonicClock
 from hetsched.daemon import config as configs
 from hetsched.daemon.repository import ModelRepository, ModelSource
 from hetsched.daemon.stats import ModelStats, TaskStats
@@ -38,6 +39,7 @@ from hetsched.errors import (
 )
 from hetsched.runtime import Model, Runtime, rows_independent
 from hetsched.topology import Provider
+from hetsched.trace import RequestStamps
 from partitioner.model_io import read_model
 
 log = logging.getLogger(__name__)
@@ -252,12 +254,14 @@ class InferenceService:
         inputs: Mapping[str, tuple[np.ndarray, str]],
         outputs: list[str] | None = None,
         run_here: bool = False,
+        stamps: RequestStamps | None = None,
     ) -> Future[Arrays]:
         """Check a request's inputs (each an array and the datatype it was sent as) and queue it.
 
         The future holds the requested outputs (all when ``outputs`` is None).  Raises
         InvalidInputError or OverloadedError before anything is queued.  ``run_here``: the caller
-        waits for the answer on this thread (Model.submit's ``run_here``).
+        waits for the answer on this thread (Model.submit's ``run_here``).  ``stamps`` (from
+        :meth:`stamps`, when tracing): when the request went to the model and came back.
         """
         started = time.perf_counter()
         expected = served.inputs
@@ -277,6 +281,8 @@ class InferenceService:
             model_dtype = next(s.dtype for s in served.model.inputs if s.name == name)
             feeds[name] = for_model(value, model_dtype)
         rows = next((v.shape[0] for v, _ in inputs.values() if v.ndim), 1)
+        if stamps is not None:
+            stamps.submitted_s = MonotonicClock.now()
         try:
             if served.model.unloaded:  # a reload retired this version between lookup and submit
                 served = self.get(served.name, served.version)
@@ -289,6 +295,8 @@ class InferenceService:
         answer: Future[Arrays] = Future()
 
         def settle(done: Future[Arrays]) -> None:
+            if stamps is not None:
+                stamps.answered_s = MonotonicClock.now()
             error = done.exception()
             served.stats.answered(time.perf_counter() - started, rows, ok=error is None)
             if error is not None:
@@ -299,6 +307,24 @@ class InferenceService:
 
         future.add_done_callback(settle)
         return answer
+
+    @staticmethod
+    def stamps(served: ServedModel, frontend: str, arrived_s: float | None = None) -> RequestStamps | None:
+        """A request's stamps, received now (arrived at ``arrived_s`` when the frontend saw it
+        earlier), when the model's runtime traces; None (nothing to stamp) when it does not."""
+        if served.model.runtime.tracer is None:
+            return None
+        received_s = MonotonicClock.now()
+        stamps = RequestStamps(frontend, served.name, received_s if arrived_s is None else arrived_s)
+        stamps.received_s = received_s
+        return stamps
+
+    @staticmethod
+    def record(served: ServedModel, stamps: RequestStamps) -> None:
+        """Keep a request's stamps in its model's trace (a frontend is done with it)."""
+        tracer = served.model.runtime.tracer
+        if tracer is not None:
+            tracer.on_request(stamps)
 
     # -- lifecycle --------------------------------------------------------------------------------
 
