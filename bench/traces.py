@@ -141,7 +141,9 @@ def traced_row(load: Any, trace_path: Path) -> dict[str, Any]:
     }
 
 
-def run(model_name: str, fraction: float, duration: float, also_b1: bool = False) -> dict[str, Any]:
+def run(model_name: str, fraction: float, duration: float, section: str, also_b1: bool = False
+        ) -> dict[str, Any]:
+    """The traces go to bench/results/<section>_<server>.json: a run keeps those an older section cites."""
     from hetsched.tritonserver import TritonConfig, TritonServer, triton_available
 
     cores = len(os.sched_getaffinity(0))
@@ -153,7 +155,7 @@ def run(model_name: str, fraction: float, duration: float, also_b1: bool = False
         (repository / model_name / "1").mkdir(parents=True)
         model_path = repository / model_name / "1" / "model.onnx"
         onnx.save_model(proto, str(model_path))
-        trace_path = HERE / "results" / f"trace_hetsched_{model_name}.json"
+        trace_path = HERE / "results" / f"{section}_hetsched.json"
         perf = Path(scratch) / "perf"
         with DaemonProcess(repository, perfmodel_dir=perf) as daemon:  # untraced: its capacity sets the rate
             capacity = closed_loop(
@@ -166,7 +168,7 @@ def run(model_name: str, fraction: float, duration: float, also_b1: bool = False
         results["servers"]["hetsched"] = traced_row(load, trace_path)
         if also_b1:  # the same load without the dynamic batcher: what the time before the scheduler is
             (repository / model_name / "config.pbtxt").write_text("max_batch_size: 0\n")
-            b1_path = HERE / "results" / f"trace_hetsched_b1_{model_name}.json"
+            b1_path = HERE / "results" / f"{section}_hetsched_b1.json"
             b1_perf = Path(scratch) / "perf-b1"
             with DaemonProcess(repository, "--trace-file", str(b1_path), perfmodel_dir=b1_perf) as daemon:
                 load = open_loop(Target(f"grpc://{daemon.grpc}", model_name), rate, duration)
@@ -191,7 +193,7 @@ def run(model_name: str, fraction: float, duration: float, also_b1: bool = False
             ]
             with TritonServer({model_name: model_path}, config, workdir, extra_args=extra) as server:
                 load = open_loop(Target(f"grpc://{server.grpc}", model_name), rate, duration)
-            kept = HERE / "results" / f"trace_{config.label().replace(' ', '_')}_{model_name}.json"
+            kept = HERE / "results" / f"{section}_{config.label().replace(' ', '_')}.json"
             shutil.copyfile(raw, kept)
             results["servers"][config.label()] = {
                 "client": {"p50_ms": load.p50_ms, "p99_ms": load.p99_ms, "achieved": load.achieved_rate},
@@ -261,7 +263,7 @@ def main() -> int:
                         help="also trace hetsched with batching off (max_batch_size: 0) at the same rate")
     parser.add_argument("--section", default="traces", help="RESULTS.md section and results/<section>.json")
     args = parser.parse_args()
-    results = run(args.model, args.fraction, args.duration, args.also_b1)
+    results = run(args.model, args.fraction, args.duration, args.section, args.also_b1)
     (HERE / "results" / f"{args.section}.json").write_text(json.dumps(results, indent=2) + "\n")
     text = report(results, args)
     print(text)
