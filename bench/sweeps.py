@@ -9,7 +9,9 @@ batch size, each under the same open-loop Poisson load through ``tritonclient`` 
 - ``--sweep batch``: the largest batch the dynamic batcher may form (1, 2, 4, 8); at each rate
   the batch chooser picks the size minimizing expected latency, and the daemon's statistics
   extension says which sizes ran.
-- CUDA streams 1-4 need a GPU and its onnxruntime; not on this machine.
+- ``--sweep streams``: GPU workers (CUDA streams) per GPU, 1 to 4 (``hetsched serve --gpu-streams``),
+  beside the CPU's workers.  It needs a GPU and onnxruntime's CUDA provider, and says so where
+  they are missing (this machine).
 
 Each configuration is a fresh daemon (its own perf-model store, warmed up) offered the same rates,
 in fractions of the first configuration's closed-loop capacity, measured first.  Writes
@@ -44,22 +46,33 @@ HERE = Path(__file__).parent
 FRACTIONS = (0.3, 0.6, 0.85, 1.1)
 
 
-def configurations(sweep: str, cores: int) -> dict[str, str]:
-    """Label -> config.pbtxt of each point of the sweep."""
+STREAMS = (1, 2, 3, 4)
+
+
+def configurations(sweep: str, cores: int) -> dict[str, tuple[str, tuple[str, ...]]]:
+    """Label -> (config.pbtxt, more `hetsched serve` options) of each point of the sweep."""
 
     def param(key: str, value: str) -> str:
         return f'parameters {{ key: "hetsched.{key}" value {{ string_value: "{value}" }} }}\n'
 
     if sweep == "ratios":
         return {
-            label: param("ratios", label) for label in ("1.0", "0.75,0.25", "0.8,0.2", "0.85,0.15", "0.9,0.1")
+            label: (param("ratios", label), ())
+            for label in ("1.0", "0.75,0.25", "0.8,0.2", "0.85,0.15", "0.9,0.1")
         }
     if sweep == "groups":
-        return {spec: param("workers", spec) for spec in (f"1x{cores}", f"{cores}x1", "1x1")}
+        return {spec: (param("workers", spec), ()) for spec in (f"1x{cores}", f"{cores}x1", "1x1")}
     if sweep == "batch":
-        return {f"max batch {n}": f"max_batch_size: {n}\ndynamic_batching {{ }}\n" if n > 1
-                else "max_batch_size: 0\n" for n in (1, 2, 4, 8)}
-    raise SystemExit(f"unknown sweep {sweep!r}: ratios, groups or batch")
+        return {f"max batch {n}": (f"max_batch_size: {n}\ndynamic_batching {{ }}\n" if n > 1
+                                   else "max_batch_size: 0\n", ()) for n in (1, 2, 4, 8)}
+    if sweep == "streams":
+        from hetsched.topology import discover_gpus
+
+        if not discover_gpus():
+            raise SystemExit("--sweep streams needs a CUDA GPU and onnxruntime's CUDA provider "
+                             "(pip install onnxruntime-gpu on a CUDA machine); this machine has none")
+        return {f"{n} stream{'s' * (n > 1)}": ("", ("--gpu-streams", str(n))) for n in STREAMS}
+    raise SystemExit(f"unknown sweep {sweep!r}: ratios, groups, batch or streams")
 
 
 def run(sweep: str, model_name: str, duration: float) -> dict[str, Any]:
@@ -70,12 +83,12 @@ def run(sweep: str, model_name: str, duration: float) -> dict[str, Any]:
     bar = ProgressBar(f"sweep {sweep}")
     with tempfile.TemporaryDirectory() as scratch:
         base_rate = 0.0
-        for index, (label, config) in enumerate(configs.items()):
+        for index, (label, (config, options)) in enumerate(configs.items()):
             repository = Path(scratch) / f"repo{index}"
             (repository / model_name / "1").mkdir(parents=True)
             onnx.save_model(proto, str(repository / model_name / "1" / "model.onnx"))
             (repository / model_name / "config.pbtxt").write_text(config)
-            with DaemonProcess(repository, perfmodel_dir=Path(scratch) / f"perf{index}") as server:
+            with DaemonProcess(repository, *options, perfmodel_dir=Path(scratch) / f"perf{index}") as server:
                 target = Target(f"grpc://{server.grpc}", model_name)
                 if (
                     not base_rate
@@ -92,6 +105,7 @@ def run(sweep: str, model_name: str, duration: float) -> dict[str, Any]:
                 }
                 out["points"][label] = {
                     "config": config,
+                    "options": list(options),
                     "results": [asdict(r) for r in results],
                     "batches": batches,
                 }
@@ -147,7 +161,7 @@ def report(out: dict[str, Any], args: argparse.Namespace) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sweep", required=True, choices=["ratios", "groups", "batch"])
+    parser.add_argument("--sweep", required=True, choices=["ratios", "groups", "batch", "streams"])
     parser.add_argument("--model", default="googlenet")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per rate")
     args = parser.parse_args()

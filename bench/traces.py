@@ -216,10 +216,11 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
         f"{results['model']}, batch 1, Poisson at {results['rate']:.1f} req/s ({results['fraction']:.0%} of "
         f"hetsched's closed-loop capacity {results['capacity']:.1f} req/s), tritonclient gRPC. Per request, "
         "median / p99 ms: client latency, time in the server, queued (waiting for a worker), computing. "
-        "hetsched's trace starts a request when its batch reaches the scheduler: the wait in the dynamic "
-        "batcher before that (and the gRPC hops) is the client's latency minus 'in server'; its trace "
-        "also holds the ~30 warm-up requests of the model's load. A Triton request is one client "
-        "request; a hetsched one is a batch of them.",
+        "hetsched's job starts when the scheduler admits its batch: the wait in the dynamic batcher and "
+        "the runtime's admission line before that is in the frontend's 'model' phase below, not in "
+        "'queued'; its trace also holds the ~30 warm-up requests of the model's load. A Triton request "
+        "is one client request; a hetsched one is a batch of them. Triton's REQUEST_END comes after "
+        "its response was sent.",
         "",
         "| server | client | in server | queued | computing | trace |",
         "|---|---:|---:|---:|---:|---|",
