@@ -72,7 +72,8 @@ def frontend_slices(events: list[dict[str, Any]]) -> dict[str, dict[str, tuple[f
             found.setdefault(e["id"], {}).setdefault(e["name"], []).append(e["ts"])
     for slices in found.values():
         assert all(len(ts) == 2 for ts in slices.values()), slices  # one begin and one end each
-    return {ident: {name: (min(ts), max(ts)) for name, ts in slices.items()} for ident, slices in found.items()}
+    return {ident: {name: (min(ts), max(ts)) for name, ts in slices.items()}
+            for ident, slices in found.items()}
 
 
 def test_a_frontends_stamps_become_a_request_slice_with_its_phases_nested() -> None:
@@ -92,7 +93,8 @@ def test_a_frontends_stamps_become_a_request_slice_with_its_phases_nested() -> N
     assert [t for p, _, _ in PHASES for t in found[0][p]] == pytest.approx(
         [1e6 + (i + j) * 1e5 for i in range(5) for j in (0, 1)])
     assert found[1]["http m"] == pytest.approx((2e6, 3e6))
-    assert found[1]["receive"] == pytest.approx((2e6, 2e6)) and found[1]["encode"] == pytest.approx((2.5e6, 3e6))
+    assert found[1]["receive"] == pytest.approx((2e6, 2e6))
+    assert found[1]["encode"] == pytest.approx((2.5e6, 3e6))
 
 
 def test_transfers_get_a_row_per_link_and_the_share_hidden_under_compute() -> None:
