@@ -94,8 +94,8 @@ def one_sweep(source: Path | None, model_path: Path, name: str, config: str, rat
             seconds = max(duration_s, min_requests / rate)
             result = open_loop(target, rate, seconds, "poisson", drain_s=max(10.0, seconds))
             print(f"    {result.line()}", flush=True)
-            rows.append({"rate": rate, "answers_per_s": result.achieved_rate, "p99_ms": result.p99_ms,
-                         "errors": sum(result.errors.values())})
+            rows.append({"rate": rate, "answers_per_s": result.achieved_rate, "p50_ms": result.p50_ms,
+                         "p99_ms": result.p99_ms, "errors": sum(result.errors.values())})
     for row, mix in zip(rows, rows_by_rate(trace_file, len(rows))):
         row["rows"] = mix
     return rows
@@ -111,8 +111,8 @@ def report(results: dict[str, Any], command: str) -> str:
         f"config `{results['config'] or '(none: the defaults)'}`; the same open-loop Poisson sweep through "
         f"`tritonclient` gRPC, {results['duration_s']:g} s per rate and at least {results['min_requests']} "
         f"requests, low to high; {results['rounds']} rounds, the versions alternating. Cells: median "
-        "answers/s and p99 over the rounds (p99 per round in brackets), and the rows per task that ran, "
-        "summed over the rounds (rows×tasks).",
+        "answers/s, p50 and p99 over the rounds (p99 per round in brackets), and the rows per task that "
+        "ran, summed over the rounds (rows×tasks).",
         "",
         "| offered req/s | " + " | ".join(versions) + " |",
         "|---:|" + "---|" * len(versions),
@@ -127,7 +127,8 @@ def report(results: dict[str, Any], command: str) -> str:
             errors = sum(run["errors"] for run in runs)
             p99s = ", ".join(f"{run['p99_ms']:.0f}" for run in runs)
             cells.append(
-                f"{statistics.median(r['answers_per_s'] for r in runs):.0f} req/s, p99 "
+                f"{statistics.median(r['answers_per_s'] for r in runs):.0f} req/s, "
+                f"p50 {statistics.median(r['p50_ms'] for r in runs):.1f} ms, p99 "
                 f"{statistics.median(r['p99_ms'] for r in runs):.0f} "
                 f"[{p99s}] ms"
                 + (f" ({errors} err)" if errors else "")

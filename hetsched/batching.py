@@ -21,8 +21,8 @@ When the chooser says single requests keep up, nothing is held: on CPU a batch
 of N takes about N times one request, so a held batch only makes its rows wait
 for each other while the other workers could have taken them (measured through
 the daemon: p99 up to 1.5x the unbatched one at light and moderate load, in
-bench/compare_triton.py).  So at low load a request leaves at once, and under
-overload batches grow and throughput with them.
+bench/compare_triton.py).  So at low load a request leaves at once, from the thread that
+submitted it (DynamicBatcher.submit), and under overload batches grow and throughput with them.
 
 Rows are never mixed: each request's rows are a contiguous slice of the batch,
 and the outputs are cut back at the same offsets.
