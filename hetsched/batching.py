@@ -21,8 +21,8 @@ When the chooser says single requests keep up, nothing is held: on CPU a batch
 of N takes about N times one request, so a held batch only makes its rows wait
 for each other while the other workers could have taken them (measured through
 the daemon: p99 up to 1.5x the unbatched one at light and moderate load, in
-bench/compare_triton.py).  So at low load a request leaves at once, from the thread that
-submitted it (DynamicBatcher.submit), and under overload batches grow and throughput with them.
+bench/compare_triton.py).  So at low load a request leaves at once, and under
+overload batches grow and throughput with them.
 
 Rows are never mixed: each request's rows are a contiguous slice of the batch,
 and the outputs are cut back at the same offsets.
@@ -209,26 +209,26 @@ class ArrivalRate:
 class DynamicBatcher:
     """Collects requests of one model and runs them as batches through ``run_batch``.
 
-    ``run_batch(feeds, rows, turn, run_here)`` returns a future of the batch's outputs (``turn``:
-    what :meth:`serve_turn` was given, else None; ``run_here``: see :meth:`submit`).
-    ``target(rate)`` says how many rows to wait for (the batch-size chooser, or a constant).
-    ``may_leave()`` says whether a batch smaller than the chooser's may leave now rather than grow
-    (a worker is free, or other requests already wait for room: growing is moot then).
-    ``take_turn(batcher)`` says whether a batch may go to the scheduler now (there is room and
-    nothing waits for it); if not, the batcher takes its place in its model's admission line
-    (:mod:`hetsched.admission`), and when the turn comes the runtime calls :meth:`serve_turn` with
-    the room it kept for it, from the thread that freed the room. So past capacity requests wait
-    here and leave when a worker frees up, in a batch chosen then, as Triton's batcher forms a
-    batch when an instance frees up: a backlog pushed to the scheduler at once had every batch's
-    size and worker fixed seconds before it ran (yolov8n at 1.35x capacity: 38 batches of 3
-    committed to the wide worker on a guess of 72 ms, before one of them ran, in 110 ms).
-    ``leave_turns(batcher)`` takes it out of that queue (on close). The runtime calls :meth:`poke`
-    when a worker may have freed up.
+    ``run_batch(feeds, rows, turn)`` returns a future of the batch's outputs (``turn``: what
+    :meth:`serve_turn` was given, else None).  ``target(rate)`` says how many rows to wait for
+    (the batch-size chooser, or a constant).  ``may_leave()`` says whether a batch smaller than
+    the chooser's may leave now rather than grow (a worker is free, or other requests already
+    wait for room: growing is moot then).  ``take_turn(batcher)`` says whether a batch may go to
+    the scheduler now (there is room and nothing waits for it); if not, the batcher takes its
+    place in its model's admission line (:mod:`hetsched.admission`), and when the turn comes
+    the runtime calls :meth:`serve_turn` with the room it kept for it, from the thread that
+    freed the room.  So
+    past capacity requests wait here and leave when a worker frees up, in a batch chosen then,
+    as Triton's batcher forms a batch when an instance frees up: a backlog pushed to the
+    scheduler at once had every batch's size and worker fixed seconds before it ran (yolov8n at
+    1.35x capacity: 38 batches of 3 committed to the wide worker on a guess of 72 ms, before one
+    of them ran, in 110 ms).  ``leave_turns(batcher)`` takes it out of that queue (on close).  The
+    runtime calls :meth:`poke` when a worker may have freed up.
     """
 
     RECHECK_S = 0.05  # a missed poke costs at most this much waiting
 
-    def __init__(self, run_batch: Callable[[Arrays, int, Any, bool], Future[Arrays]], max_batch: int,
+    def __init__(self, run_batch: Callable[[Arrays, int, Any], Future[Arrays]], max_batch: int,
                  max_delay_s: float, clock: Clock, target: Callable[[float], int] | None = None,
                  may_leave: Callable[[], bool] | None = None,
                  take_turn: Callable[[DynamicBatcher], bool] | None = None,
@@ -244,7 +244,6 @@ class DynamicBatcher:
         self.take_turn = take_turn or (lambda batcher: True)
         self.leave_turns = leave_turns or (lambda batcher: None)
         self._turn_queued = False  # waiting for serve_turn in the runtime's queue
-        self._launching = 0  # batches taken from the queue and not sent yet (request order holds)
         self.rate = ArrivalRate(clock)
         self._queue: list[_Pending] = []
         self._rows = 0
@@ -254,32 +253,16 @@ class DynamicBatcher:
         self._thread = threading.Thread(target=self._loop, name="hetsched-batcher", daemon=True)
         self._thread.start()
 
-    def submit(self, feeds: Arrays, rows: int, run_here: bool = False) -> Future[Arrays]:
-        """Queue a request; one that would leave alone at once leaves from this thread instead.
-
-        That is one whose rows are all the chooser wants while nothing waits before it (no queue,
-        no turn asked for, no batch between taken and sent): the batcher's thread would send it
-        as is.  Sending it here spares a thread wake-up each way under light load (ocr-mobile
-        through the daemon: 0.18 ms median, 1.7 ms p90 from submission to admission), and
-        ``run_here`` (the caller waits for the answer on this thread: Model.submit's) lets this
-        thread run its tasks too."""
+    def submit(self, feeds: Arrays, rows: int) -> Future[Arrays]:
         future: Future[Arrays] = Future()
-        pending = _Pending(feeds, rows, future, self.clock.now())
         with self._cond:
             if self._closed:
                 raise RuntimeError("batcher closed")
             self.rate.tick()
-            alone = (not self._queue and not self._turn_queued and not self._launching
-                     and rows >= self._wanted())
-            if not (alone and self.take_turn(self)):
-                self._queue.append(pending)
-                self._rows += rows
-                if alone:  # take_turn put this batcher in its model's line: serve_turn sends it
-                    self._turn_queued = True
-                elif not self._turn_queued:  # else the loop waits for serve_turn, not arrivals: past
-                    self._cond.notify()      # saturation a wake-up per arrival only fought for the GIL
-                return future
-        self._launch([pending], run_here=run_here)
+            self._queue.append(_Pending(feeds, rows, future, self.clock.now()))
+            self._rows += rows
+            if not self._turn_queued:  # else the loop waits for serve_turn, not for arrivals: past
+                self._cond.notify()    # saturation a wake-up per arrival only fought for the GIL
         return future
 
     def refused(self) -> None:
@@ -331,8 +314,7 @@ class DynamicBatcher:
                     self._turn_queued = True  # a backlog waits here; serve_turn launches it (see above)
                     continue
                 batch = self._take(want)
-                self._launching += 1
-            self._send(batch)
+            self._launch(batch)
 
     def serve_turn(self, turn: Any) -> None:
         """This batcher's turn to send a batch to the scheduler (the runtime calls it once room frees
@@ -346,11 +328,10 @@ class DynamicBatcher:
                 self._turn_queued = False
                 if self._queue:
                     batch = self._take(self._wanted())
-                    self._launching += 1
             finally:
                 self._cond.notify()  # the loop asks for the next turn if more wait
         if batch:
-            self._send(batch, turn)
+            self._launch(batch, turn)
 
     def _wanted(self) -> int:
         """Rows to wait for at the rate seen now (the chooser's answer, within 1..max_batch)."""
@@ -367,16 +348,7 @@ class DynamicBatcher:
         self._rows -= rows
         return taken
 
-    def _send(self, batch: list[_Pending], turn: Any = None) -> None:
-        """Launch a batch taken from the queue and counted in ``_launching``: once it has its place
-        in the runtime, a request after it may leave on its own (:meth:`submit`)."""
-        try:
-            self._launch(batch, turn)
-        finally:
-            with self._cond:
-                self._launching -= 1
-
-    def _launch(self, batch: list[_Pending], turn: Any = None, run_here: bool = False) -> None:
+    def _launch(self, batch: list[_Pending], turn: Any = None) -> None:
         rows = sum(p.rows for p in batch)
         self.batches.append(rows)
         try:
@@ -384,7 +356,7 @@ class DynamicBatcher:
                 feeds = batch[0].feeds
             else:
                 feeds = {name: np.concatenate([p.feeds[name] for p in batch]) for name in batch[0].feeds}
-            future = self.run_batch(feeds, rows, turn, run_here)
+            future = self.run_batch(feeds, rows, turn)
         except Exception as exc:  # e.g. the runtime closed: every request hears of it
             for pending in batch:
                 _settle(pending.future, error=exc)

@@ -146,8 +146,7 @@ class Model:
         request's tasks on core workers that can start at once run on it (pinned to the worker's
         first core meanwhile), sparing two thread wake-ups; the call returns when they are done
         (what ``infer`` does).
-        A batching model's requests are always sent by its batcher (from this thread when one
-        leaves alone at once: DynamicBatcher.submit).
+        A batching model's requests are always sent by its batcher.
         """
         if self.unloaded:
             raise UsageError(f"model {self.name!r} was unloaded; load it again to send it requests")
@@ -165,7 +164,7 @@ class Model:
         try:
             if self.batcher is not None:
                 self.runtime._check_open()
-                future = self.batcher.submit(feeds, batch, run_here)
+                future = self.batcher.submit(feeds, batch)
             else:
                 caller = threading.current_thread() if run_here else None
                 future = self.runtime._submit(self, feeds, batch, caller=caller)
@@ -235,13 +234,11 @@ class Model:
                 [self.rows_per_s(n) if n else math.nan for n in sizes]))
         return choose_batch(rate_per_s, table[1].__getitem__, max_batch, table[2].__getitem__)
 
-    def submit_batch(self, feeds: dict[str, np.ndarray], rows: int, turn: _Turn | None,
-                     run_here: bool = False) -> Future[dict[str, np.ndarray]]:
-        """The batcher's way in: a batch it formed, counted for the chooser's load (SizeTable);
-        ``run_here``: the caller waits for it on this thread (:meth:`submit`'s)."""
+    def submit_batch(self, feeds: dict[str, np.ndarray], rows: int, turn: _Turn | None
+                     ) -> Future[dict[str, np.ndarray]]:
+        """The batcher's way in: a batch it formed, counted for the chooser's load (SizeTable)."""
         self._sizes.formed(rows)
-        caller = threading.current_thread() if run_here else None
-        return self.runtime._submit(self, feeds, rows, turn, caller)
+        return self.runtime._submit(self, feeds, rows, turn)
 
     def predicted_s(self, batch: int) -> float:
         """Predicted seconds of one batch: its parts one after another, each on its fastest kind

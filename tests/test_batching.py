@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
 
 import numpy as np
 import pytest
@@ -228,83 +227,14 @@ def test_a_model_whose_outputs_ignore_the_batch_cannot_be_batched() -> None:
         runtime.load(zoo.build("control-flow"), max_batch=4)
 
 
-def doubling(launched: list[int]) -> Callable[..., Future]:
+def doubling(launched: list[int]) -> Callable[[dict[str, np.ndarray], int], Future]:
     """A ``run_batch`` answering at once with twice the input; records each batch's rows."""
-    def run_batch(feeds: dict[str, np.ndarray], rows: int, turn: object = None, run_here: bool = False
-                  ) -> Future:
+    def run_batch(feeds: dict[str, np.ndarray], rows: int, turn: object = None) -> Future:
         launched.append(rows)
         done: Future = Future()
         done.set_result({"y": feeds["x"] * 2})
         return done
     return run_batch
-
-
-def test_a_request_that_would_leave_alone_at_once_leaves_from_the_submitting_thread() -> None:
-    """Nothing queued and the chooser wants single requests: the batcher's thread would send it as
-    is, so the caller's thread sends it (run_here passed on); behind a waiting request, one goes
-    through the queue, after it."""
-    import threading
-
-    sent: list[tuple[int, int, bool]] = []  # (thread, rows, run_here)
-
-    def run_batch(feeds: dict[str, np.ndarray], rows: int, turn: object = None, run_here: bool = False
-                  ) -> Future:
-        sent.append((threading.get_ident(), rows, run_here))
-        done: Future = Future()
-        done.set_result({"y": feeds["x"] * 2})
-        return done
-
-    want = [1]
-    batcher = DynamicBatcher(run_batch, max_batch=8, max_delay_s=5.0, clock=MonotonicClock(),
-                             target=lambda rate: want[0], may_leave=lambda: False)
-    first = batcher.submit({"x": np.ones((1, 2), np.float32)}, 1, run_here=True)
-    assert first.done() and sent == [(threading.get_ident(), 1, True)]  # answered before submit returned
-    want[0] = 4  # the chooser wants batches of 4: a request waits, up to max_delay_s
-    second = batcher.submit({"x": np.full((1, 2), 2, np.float32)}, 1, run_here=True)
-    want[0] = 1
-    third = batcher.submit({"x": np.full((1, 2), 3, np.float32)}, 1, run_here=True)  # behind it
-    assert not third.done()  # queued behind the second, not sent past it
-    batcher.poke()
-    answers = [f.result(timeout=30)["y"] for f in (first, second, third)]
-    batcher.close()
-    assert [thread for thread, _, _ in sent[1:]] == [batcher._thread.ident] * 2
-    assert [rows for _, rows, _ in sent] == [1, 1, 1] and not any(here for _, _, here in sent[1:])
-    for value, answer in zip((1, 2, 3), answers):
-        np.testing.assert_array_equal(answer, np.full((1, 2), 2 * value, np.float32))
-
-
-def test_a_batching_models_lone_request_runs_on_the_callers_thread_and_equals_onnxruntime() -> None:
-    """Through a real runtime: a request to a batching model that leaves alone runs its tasks on the
-    thread that waits for it (Model.infer), as a non-batching model's do."""
-    import threading
-
-    proto = zoo.build("lenet5")
-    feeds = random_feeds(proto, 1, seed=3)
-    want = run_whole(proto, feeds)["logits"]
-    threads: list[int] = []
-    with Runtime(workers="1x1", narrow=False, gpu_streams=0, policy="eager") as runtime:
-        model = runtime.load(proto, max_batch=4)
-        worker = runtime.executor.workers["cpu0"]  # type: ignore[attr-defined]
-        for stage, session in list(worker.sessions.items()):
-            worker.sessions[stage] = _ThreadNoting(session, threads)
-        np.testing.assert_allclose(model.infer(feeds, timeout=30)["logits"], want, rtol=1e-5, atol=1e-6)
-        assert threads == [threading.get_ident()] * len(model.stages)
-        threads.clear()
-        np.testing.assert_allclose(model.submit(feeds).result(30)["logits"], want, rtol=1e-5, atol=1e-6)
-        assert threads == [worker._thread.ident] * len(model.stages)  # submit: the worker's thread
-
-
-class _ThreadNoting:
-    """A real session that notes the thread calling ``run``."""
-
-    def __init__(self, session: Any, threads: list[int]) -> None:
-        self.session, self.threads = session, threads
-
-    def run(self, names: Any, feeds: Any) -> Any:
-        import threading
-
-        self.threads.append(threading.get_ident())
-        return self.session.run(names, feeds)
 
 
 def test_requests_wait_while_every_worker_is_busy_then_leave_as_one_batch() -> None:
