@@ -1,25 +1,28 @@
 """Traces of hetsched and Triton under the same open-loop load: where each request's time goes.
 
 One model, one offered rate (a fraction of hetsched's closed-loop capacity, measured first), the same
-Poisson schedule through ``tritonclient`` gRPC (bench/load.py) against:
+Poisson schedule through ``tritonclient`` gRPC or HTTP (``--protocol``; bench/load.py) against:
 
 - ``hetsched serve --trace-file``: a Chrome trace (open it in Perfetto: one row per worker, each
-  task a slice, each request an async slice from its arrival to its answer), per-worker busy share;
+  task a slice, each job an async slice from its admission to its answer, each client request one
+  through its frontend), per-worker busy share;
 - Triton (``hetsched.tritonserver``, Python backend running ONNX Runtime) in each static config,
   with its trace API at level TIMESTAMPS for every request.
 
-From both: per request, the time waiting in the server's queue (hetsched: arrival to its first
+From both: per request, the time waiting in the server's queue (hetsched: admission to its first
 task's start; Triton: QUEUE_START to COMPUTE_START) and computing (hetsched: the sum of its tasks;
 Triton: COMPUTE_START to COMPUTE_END), medians and p99, beside the client's latency.  And each
-client request's way through the gRPC frontend, from the moment it holds the whole message to the
-call's end (hetsched: its frontend stamps, hetsched.trace.RequestStamps; Triton: GRPC_WAITREAD_END
-to GRPC_SEND_END), by phase: decode, model (batcher and scheduler; Triton: its queue, backend and
-stub), encode, send; what is left of the client's latency is the upload, the client and the
-network stack.  Writes the
-traces and bench/results/<section>.json to bench/results/ and its section of bench/RESULTS.md
-(``--section``, default ``traces``: a run on another model can keep the first).
+client request's way through the frontend, from the moment it holds the whole request to the
+call's end over gRPC, or to the response handed to the HTTP library (hetsched: its frontend stamps,
+hetsched.trace.RequestStamps; Triton: GRPC_WAITREAD_END to GRPC_SEND_END, HTTP_RECV_END to
+HTTP_SEND_START), by phase: decode, model (batcher, admission line and scheduler; Triton: its
+queue, backend and stub), encode, send; what is left of the client's latency is the upload, the
+client and the network stack.  Writes the traces and bench/results/<section>.json to
+bench/results/ and its section of bench/RESULTS.md (``--section``, default ``traces``: a run on
+another model can keep the first).
 
-    PYTHONPATH=.:bench python bench/traces.py [--model googlenet] [--fraction 0.8] [--duration 10]
+    PYTHONPATH=.:bench python bench/traces.py [--model googlenet] [--fraction 0.8] [--duration 10] \\
+        [--protocol grpc|http] [--also-b1] [--section traces]
 """
 
 from __future__ import annotations
@@ -58,7 +61,7 @@ def _stats(values: list[float]) -> dict[str, float]:
     }
 
 
-def hetsched_breakdown(trace: dict[str, Any]) -> dict[str, Any]:
+def hetsched_breakdown(trace: dict[str, Any], protocol: str = "grpc") -> dict[str, Any]:
     """Queue and compute per request, and busy share per worker, from our Chrome trace."""
     events = trace["traceEvents"]
     names = {e["tid"]: e["args"]["name"] for e in events if e["ph"] == "M"}
@@ -80,25 +83,31 @@ def hetsched_breakdown(trace: dict[str, Any]) -> dict[str, Any]:
         "compute": _stats([compute[j] / 1e6 for j in jobs]),
         "in_server": _stats([(answered[j] - arrived[j]) / 1e6 for j in jobs]),
         "busy_share": {w: t / span for w, t in sorted(busy.items())} if span > 0 else {},
-        "frontend": _frontend_stats(_hetsched_frontend(events)),
+        "frontend": _frontend_stats(_hetsched_frontend(events, protocol)),
     }
 
 
-FRONTEND = ("receive", "decode", "model", "encode", "send", "handled")  # handled: received to sent
+FRONTEND = ("receive", "decode", "model", "encode", "send", "handled")
+# 'handled': from holding the whole request to the last point both servers stamp, the call's end
+# over gRPC, the response handed to the HTTP library over HTTP (hetsched sees no HTTP sending)
+HANDLED_UNTIL = {"grpc": "send", "http": "encode"}
 
 
-def _hetsched_frontend(events: list[dict[str, Any]]) -> list[dict[str, float]]:
-    """Per client request of the unary gRPC frontend, each phase's seconds, from its stamps' slices."""
+def _hetsched_frontend(events: list[dict[str, Any]], protocol: str) -> list[dict[str, float]]:
+    """Per client request of the protocol's unary frontend (the calls the load makes), each phase's
+    seconds, from its stamps' slices."""
     stamps: dict[str, dict[tuple[str, str], float]] = defaultdict(dict)
     for e in events:
         if e.get("cat") == "frontend":
             stamps[e["id"]][(e["name"], e["ph"])] = e["ts"]
     requests = []
+    last = HANDLED_UNTIL[protocol]
     for seen in stamps.values():
-        if ("send", "e") not in seen:  # HTTP's, the stream's: not the unary calls the load makes
+        whole = next(name for name, ph in seen if name not in FRONTEND)
+        if whole.rsplit(" ", 1)[0] != protocol:  # the other protocol's, the stream's
             continue
-        row = {p: (seen[(p, "e")] - seen[(p, "b")]) / 1e6 for p in FRONTEND[:-1]}
-        row["handled"] = (seen[("send", "e")] - seen[("decode", "b")]) / 1e6
+        row = {p: (seen[(p, "e")] - seen[(p, "b")]) / 1e6 for p in FRONTEND[:-1] if (p, "b") in seen}
+        row["handled"] = (seen[(last, "e")] - seen[("decode", "b")]) / 1e6
         requests.append(row)
     return requests
 
@@ -107,7 +116,7 @@ def _frontend_stats(requests: list[dict[str, float]]) -> dict[str, Any]:
     return {p: _stats([r[p] for r in requests if p in r]) for p in FRONTEND}
 
 
-def triton_breakdown(path: Path) -> dict[str, Any]:
+def triton_breakdown(path: Path, protocol: str = "grpc") -> dict[str, Any]:
     """Queue and compute per request from Triton's TIMESTAMPS trace (entries of one id may be split)."""
     stamps: dict[int, dict[str, int]] = defaultdict(dict)
     for entry in json.loads(path.read_text() or "[]"):
@@ -117,11 +126,12 @@ def triton_breakdown(path: Path) -> dict[str, Any]:
     def between(first: str, last: str) -> list[float]:
         return [(s[last] - s[first]) / 1e9 for s in stamps.values() if first in s and last in s]
 
-    phases = {"decode": ("GRPC_WAITREAD_END", "QUEUE_START"),
+    read, send = ("GRPC_WAITREAD_END", "GRPC_SEND") if protocol == "grpc" else ("HTTP_RECV_END", "HTTP_SEND")
+    phases = {"decode": (read, "QUEUE_START"),
               "model": ("QUEUE_START", "INFER_RESPONSE_COMPLETE"),
-              "encode": ("INFER_RESPONSE_COMPLETE", "GRPC_SEND_START"),
-              "send": ("GRPC_SEND_START", "GRPC_SEND_END"),
-              "handled": ("GRPC_WAITREAD_END", "GRPC_SEND_END")}
+              "encode": ("INFER_RESPONSE_COMPLETE", f"{send}_START"),
+              "send": (f"{send}_START", f"{send}_END"),
+              "handled": (read, f"{send}_END" if protocol == "grpc" else f"{send}_START")}
     frontend = [{p: (s[b] - s[a]) / 1e9 for p, (a, b) in phases.items()}
                 for s in stamps.values() if all(n in s for pair in phases.values() for n in pair)]
     return {
@@ -132,23 +142,28 @@ def triton_breakdown(path: Path) -> dict[str, Any]:
     }
 
 
-def traced_row(load: Any, trace_path: Path) -> dict[str, Any]:
+def traced_row(load: Any, trace_path: Path, protocol: str) -> dict[str, Any]:
     """A hetsched row: the client's latency, and the breakdown its daemon's trace gives."""
     return {
         "client": {"p50_ms": load.p50_ms, "p99_ms": load.p99_ms, "achieved": load.achieved_rate},
-        **hetsched_breakdown(json.loads(trace_path.read_text())),
+        **hetsched_breakdown(json.loads(trace_path.read_text()), protocol),
         "trace": str(trace_path.relative_to(HERE.parent)),
     }
 
 
-def run(model_name: str, fraction: float, duration: float, section: str, also_b1: bool = False
-        ) -> dict[str, Any]:
+def run(model_name: str, fraction: float, duration: float, section: str, also_b1: bool = False,
+        protocol: str = "grpc") -> dict[str, Any]:
     """The traces go to bench/results/<section>_<server>.json: a run keeps those an older section cites."""
     from hetsched.tritonserver import TritonConfig, TritonServer, triton_available
 
     cores = len(os.sched_getaffinity(0))
     proto = zoo.build(model_name)
-    results: dict[str, Any] = {"model": model_name, "cores": cores, "fraction": fraction, "servers": {}}
+    results: dict[str, Any] = {"model": model_name, "cores": cores, "fraction": fraction,
+                               "protocol": protocol, "servers": {}}
+
+    def target(server: Any) -> Target:
+        return Target(f"{protocol}://{server.grpc if protocol == 'grpc' else server.http}", model_name)
+
     (HERE / "results").mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory() as scratch:
         repository = Path(scratch) / "repository"
@@ -158,21 +173,19 @@ def run(model_name: str, fraction: float, duration: float, section: str, also_b1
         trace_path = HERE / "results" / f"{section}_hetsched.json"
         perf = Path(scratch) / "perf"
         with DaemonProcess(repository, perfmodel_dir=perf) as daemon:  # untraced: its capacity sets the rate
-            capacity = closed_loop(
-                Target(f"grpc://{daemon.grpc}", model_name), 2 * cores, duration
-            ).achieved_rate
+            capacity = closed_loop(target(daemon), 2 * cores, duration).achieved_rate
         rate = fraction * capacity
         with DaemonProcess(repository, "--trace-file", str(trace_path), perfmodel_dir=perf) as daemon:
-            load = open_loop(Target(f"grpc://{daemon.grpc}", model_name), rate, duration)
+            load = open_loop(target(daemon), rate, duration)
         results.update(capacity=capacity, rate=rate)
-        results["servers"]["hetsched"] = traced_row(load, trace_path)
+        results["servers"]["hetsched"] = traced_row(load, trace_path, protocol)
         if also_b1:  # the same load without the dynamic batcher: what the time before the scheduler is
             (repository / model_name / "config.pbtxt").write_text("max_batch_size: 0\n")
             b1_path = HERE / "results" / f"{section}_hetsched_b1.json"
             b1_perf = Path(scratch) / "perf-b1"
             with DaemonProcess(repository, "--trace-file", str(b1_path), perfmodel_dir=b1_perf) as daemon:
-                load = open_loop(Target(f"grpc://{daemon.grpc}", model_name), rate, duration)
-            results["servers"]["hetsched b1"] = traced_row(load, b1_path)
+                load = open_loop(target(daemon), rate, duration)
+            results["servers"]["hetsched b1"] = traced_row(load, b1_path, protocol)
         missing = triton_available()
         if missing:
             results["triton_missing"] = missing
@@ -192,12 +205,12 @@ def run(model_name: str, fraction: float, duration: float, section: str, also_b1
                 "count=-1",
             ]
             with TritonServer({model_name: model_path}, config, workdir, extra_args=extra) as server:
-                load = open_loop(Target(f"grpc://{server.grpc}", model_name), rate, duration)
+                load = open_loop(target(server), rate, duration)
             kept = HERE / "results" / f"{section}_{config.label().replace(' ', '_')}.json"
             shutil.copyfile(raw, kept)
             results["servers"][config.label()] = {
                 "client": {"p50_ms": load.p50_ms, "p99_ms": load.p99_ms, "achieved": load.achieved_rate},
-                **triton_breakdown(raw),
+                **triton_breakdown(raw, protocol),
                 "trace": str(kept.relative_to(HERE.parent)),
             }
     return results
@@ -210,11 +223,13 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
         f"`PYTHONPATH=.:bench python bench/traces.py --model {args.model} --fraction {args.fraction} "
         f"--duration {args.duration}"
         + (" --also-b1" if args.also_b1 else "")
+        + (f" --protocol {args.protocol}" if args.protocol != "grpc" else "")
         + (f" --section {args.section}" if args.section != "traces" else "") + "` on"
         f" {platform.node()} ({results['cores']} cores), "
         f"{date.today().isoformat()}. "
         f"{results['model']}, batch 1, Poisson at {results['rate']:.1f} req/s ({results['fraction']:.0%} of "
-        f"hetsched's closed-loop capacity {results['capacity']:.1f} req/s), tritonclient gRPC. Per request, "
+        f"hetsched's closed-loop capacity {results['capacity']:.1f} req/s), tritonclient "
+        f"{'gRPC' if results['protocol'] == 'grpc' else 'HTTP'}. Per request, "
         "median / p99 ms: client latency, time in the server, queued (waiting for a worker), computing. "
         "hetsched's job starts when the scheduler admits its batch: the wait in the dynamic batcher and "
         "the runtime's admission line before that is in the frontend's 'model' phase below, not in "
@@ -233,10 +248,14 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
         lines.append(f"| {label} | " + " | ".join(cells) + f" | `{row['trace']}` |")
     lines += [
         "",
-        "Through the gRPC frontend, per client request, median / p99 ms: from holding the whole "
-        "message to the call's end ('handled'), by phase; 'receive' is hetsched's from the call's "
-        "headers at grpc's poller to its handler holding the message (Triton stamps no arrival), and "
-        "'client - handled' the difference of their medians: the upload, the client, the network stack.",
+        ("Through the gRPC frontend, per client request, median / p99 ms: from holding the whole "
+         "message to the call's end ('handled'), by phase; 'receive' is hetsched's from the call's "
+         "headers at grpc's poller to its handler holding the message (Triton stamps no arrival), and "
+         if results["protocol"] == "grpc" else
+         "Through the HTTP frontend, per client request, median / p99 ms: from holding the whole body "
+         "to the response handed to the HTTP library ('handled': hetsched sees no sending, so Triton's "
+         "'send' is outside it), by phase; 'receive' is hetsched's handler reading the body, and ")
+        + "'client - handled' the difference of their medians: the upload, the client, the network stack.",
         "",
         "| server | receive | decode | model | encode | send | handled | client - handled |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
@@ -262,9 +281,10 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--also-b1", action="store_true",
                         help="also trace hetsched with batching off (max_batch_size: 0) at the same rate")
+    parser.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
     parser.add_argument("--section", default="traces", help="RESULTS.md section and results/<section>.json")
     args = parser.parse_args()
-    results = run(args.model, args.fraction, args.duration, args.section, args.also_b1)
+    results = run(args.model, args.fraction, args.duration, args.section, args.also_b1, args.protocol)
     (HERE / "results" / f"{args.section}.json").write_text(json.dumps(results, indent=2) + "\n")
     text = report(results, args)
     print(text)
