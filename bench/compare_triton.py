@@ -19,12 +19,17 @@ and reports per point the median over rounds (with the range), and how often, ro
 by round, hetsched's default had the lowest p99 of that round's Triton
 configurations.
 
+``--triton-url host:port`` measures an already-running Triton instead of starting local ones (the
+NGC container on a GPU box, say, with its native ONNX Runtime backend): it must serve each model
+under its zoo name (``hetsched zoo <name> --out model.onnx`` writes the file), on the port of the
+protocol chosen; its own model configuration decides its instances and batching.
+
 Writes bench/results/<section>.json (every round's results), bench/results/<section>_<model>.png
 (p99 latency against achieved throughput per configuration, and the best of
 each server, on the medians), and its section of bench/RESULTS.md.
 
     PYTHONPATH=. python bench/compare_triton.py [--models googlenet,resnet50,vit-tiny] [--duration 6]
-        [--min-requests 100] [--rounds 1] [--protocol grpc|http]
+        [--min-requests 100] [--rounds 1] [--protocol grpc|http] [--triton-url host:port]
 """
 
 from __future__ import annotations
@@ -66,9 +71,12 @@ class ServerSetup:
     label: str
     config_pbtxt: str = ""  # hetsched: the model's config.pbtxt
     triton: Any = None  # triton: a TritonConfig
+    url: str = ""  # triton: an already-running server's host:port, measured instead of a local one
 
 
-def setups(cores: int) -> list[ServerSetup]:
+def setups(cores: int, triton_url: str = "") -> list[ServerSetup]:
+    """hetsched's configurations, then Triton's: the local static ones, or the running one at
+    ``triton_url``."""
     from hetsched.tritonserver import TritonConfig
 
     one_core_groups = f'parameters {{ key: "hetsched.workers" value: {{ string_value: "{cores}x1" }} }}\n'
@@ -79,6 +87,8 @@ def setups(cores: int) -> list[ServerSetup]:
         # What it loses to Triton's 2x1 is the daemon's own cost; what b1 loses to it, the choices.
         ServerSetup("hetsched", f"hetsched b1 {cores}x1", "max_batch_size: 0\n" + one_core_groups),
     ]
+    if triton_url:
+        return [*made, ServerSetup("triton", f"triton at {triton_url}", url=triton_url)]
     for config in (
         TritonConfig(instances=1, threads=cores),
         TritonConfig(instances=cores, threads=1),
@@ -86,6 +96,26 @@ def setups(cores: int) -> list[ServerSetup]:
     ):
         made.append(ServerSetup("triton", config.label(), triton=config))
     return made
+
+
+def remote_triton(url: str, protocol: str, models: list[str]) -> str:
+    """The version of the Triton at ``url``, once it serves every model; else why not, and the fix."""
+    if protocol == "grpc":
+        import tritonclient.grpc as module
+    else:
+        import tritonclient.http as module  # type: ignore[no-redef]
+    target = f"{protocol}://{url}"
+    try:
+        server = module.InferenceServerClient(url)
+        metadata = server.get_server_metadata(**({"as_json": True} if protocol == "grpc" else {}))
+        missing = [name for name in models if not server.is_model_ready(name)]
+    except Exception as exc:  # tritonclient's errors differ by protocol: say what it said
+        raise SystemExit(f"--triton-url {url}: no Triton answers at {target} ({exc}); give the "
+                         f"host:port of its {protocol.upper()} endpoint") from exc
+    if missing:
+        raise SystemExit(f"--triton-url {url}: models {missing} are not ready there; load each under its "
+                         "zoo name (hetsched zoo NAME --out model_repository/NAME/1/model.onnx)")
+    return str(metadata.get("version", "?"))
 
 
 def machine_limit(
@@ -164,6 +194,8 @@ def run_setup(
         with DaemonProcess(repository, perfmodel_dir=scratch / f"perfmodels-{repository.name}") as daemon:
             address = daemon.grpc if protocol == "grpc" else daemon.http
             return sweep(f"{protocol}://{address}", name, rates, duration_s, min_requests)
+    if setup.url:
+        return sweep(f"{protocol}://{setup.url}", name, rates, duration_s, min_requests)
     from hetsched.tritonserver import TritonServer
 
     server = TritonServer({name: model_path}, setup.triton, workdir=scratch / f"triton-{time.time_ns()}")
@@ -282,16 +314,23 @@ def plot(model: str, runs: dict[str, list[LoadResult]], path: Path) -> None:
 
 
 def report(summaries: list[dict[str, Any]], rounds: dict[str, Rounds], args: argparse.Namespace) -> str:
+    from hetsched.topology import discover_gpus
+
+    gpus = ", ".join(gpu.name for gpu in discover_gpus())
     lines = [
         f"## hetsched vs Triton: {args.models} (bench/compare_triton.py)",
         "",
         f"`PYTHONPATH=. python bench/compare_triton.py --models {args.models} --duration {args.duration} "
         f"--min-requests {args.min_requests} --rounds {args.rounds} --section {args.section}"
         + (f" --setups '{','.join(args.setups)}'" if args.setups else "")
-        + (f" --protocol {args.protocol}" if args.protocol != "grpc" else "") + "` on "
-        f"{platform.node()} ({os.cpu_count()} cores, no GPU), {date.today().isoformat()}. Triton 2.51 from "
-        "`nvidia-pytriton` 0.7.0 runs the same ONNX file through its Python backend with ONNX Runtime (its "
-        "ONNX Runtime backend is not on PyPI); hetsched is `hetsched serve`, with its defaults or as a label "
+        + (f" --protocol {args.protocol}" if args.protocol != "grpc" else "")
+        + (f" --triton-url {args.triton_url}" if args.triton_url else "") + "` on "
+        f"{platform.node()} ({os.cpu_count()} cores, {gpus or 'no GPU'}), {date.today().isoformat()}. "
+        + (f"Triton {args.triton_version} is the one already running at {args.triton_url}, serving each "
+           "model as its own configuration says; " if args.triton_url else
+           "Triton 2.51 from `nvidia-pytriton` 0.7.0 runs the same ONNX file through its Python backend "
+           "with ONNX Runtime (its ONNX Runtime backend is not on PyPI); ")
+        + "hetsched is `hetsched serve`, with its defaults or as a label "
         "says (b1: `max_batch_size: 0`; 2x1: two one-core groups, no wide worker), a fresh daemon with fresh "
         "perf models (calibrated at load) per sweep. Same client "
         f"(`tritonclient` {'HTTP' if args.protocol == 'http' else 'gRPC'}), open-loop Poisson arrivals, "
@@ -364,16 +403,21 @@ def main() -> int:
                         "default: all)")
     parser.add_argument("--protocol", choices=("grpc", "http"), default="grpc",
                         help="tritonclient's, against every server (default grpc)")
+    parser.add_argument("--triton-url", default="",
+                        help="host:port of an already-running Triton to measure instead of local ones")
     args = parser.parse_args()
     from hetsched.tritonserver import triton_available
 
-    missing = triton_available()
-    if missing:
-        print(f"Triton is not available here: {missing}; install the bench extra: pip install '.[bench]'")
-        return 2
+    if args.triton_url:
+        args.triton_version = remote_triton(args.triton_url, args.protocol, args.models.split(","))
+    else:
+        missing = triton_available()
+        if missing:
+            print(f"Triton is not available here: {missing}; install the bench extra: pip install '.[bench]'")
+            return 2
     cores = len(os.sched_getaffinity(0))
     fractions = [float(f) for f in args.fractions.split(",")]
-    every = setups(cores)
+    every = setups(cores, args.triton_url)
     unknown = sorted(set(args.setups) - {s.label for s in every})
     if unknown:
         print(f"unknown configurations {unknown}; the labels are {[s.label for s in every]}")
