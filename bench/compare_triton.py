@@ -234,7 +234,8 @@ def over_rounds(rounds: list[list[LoadResult]]) -> list[LoadResult]:
             results[0], sent=sum(r.sent for r in results), completed=sum(r.completed for r in results),
             schedule_s=sum(r.schedule_s for r in results), errors=errors,
             **{field: statistics.median(getattr(r, field) for r in results)
-               for field in ("achieved_rate", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "duration_s")}))
+               for field in ("achieved_rate", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "duration_s",
+                             "client_cpu_ms")}))
     return combined
 
 
@@ -251,7 +252,20 @@ def p99_wins(ours: list[LoadResult], triton: list[list[LoadResult]]) -> tuple[in
     return wins, points
 
 
-def summarize(model: str, limit: dict[str, Any], rounds: Rounds) -> dict[str, Any]:
+def limit_with_client(limit: dict[str, Any], cores: int, runs: dict[str, list[LoadResult]]
+                      ) -> dict[str, float]:
+    """What the machine's limit leaves a server once the client shares the cores: each request costs
+    the server at least cores / limit core-seconds (the limit's best batch, alone on a core) and the
+    client its own CPU per answer (the median over the sweep's error-free points, every server)."""
+    client_ms = [r.client_cpu_ms for rs in runs.values() for r in rs if not r.errors and r.client_cpu_ms > 0]
+    if not client_ms:
+        return {}
+    per_request_ms = statistics.median(client_ms)
+    left = cores / (cores / limit["limit_rows_per_s"] + per_request_ms / 1e3)
+    return {"client_cpu_ms": per_request_ms, "limit_with_client_req_per_s": left}
+
+
+def summarize(model: str, limit: dict[str, Any], rounds: Rounds, cores: int) -> dict[str, Any]:
     runs = {label: over_rounds(sweeps) for label, sweeps in rounds.items()}
     triton = [label for label in runs if label.startswith("triton")]
     ours = [label for label in runs if label.startswith("hetsched")]
@@ -271,6 +285,7 @@ def summarize(model: str, limit: dict[str, Any], rounds: Rounds) -> dict[str, An
         "best_hetsched_sustained": best_ours,
         "hetsched_default_p99_at_or_below_best_triton": f"{wins}/{points}",
         "hetsched_default_p99_at_or_below_best_triton_by_round": f"{round_wins}/{round_points}",
+        **limit_with_client(limit, cores, runs),
     }
 
 
@@ -349,9 +364,16 @@ def report(summaries: list[dict[str, Any]], rounds: dict[str, Rounds], args: arg
             "",
             f"Machine limit: {limit['limit_rows_per_s']:.0f} rows/s (one ORT thread per core at batch "
             f"{limit['best_batch']}, each timed alone; {limit['all_cores_rows_per_s']:.0f} rows/s with "
-            "every core running one at once). Sustained (≥95% answered, no errors): hetsched best "
+            "every core running one at once)"
+            + (f"; with this client's {summary['client_cpu_ms']:.1f} ms of CPU per request on the same "
+               f"cores, {summary['limit_with_client_req_per_s']:.0f} req/s are left for a server"
+               if "limit_with_client_req_per_s" in summary else "")
+            + ". Sustained (≥95% answered, no errors): hetsched best "
             f"{summary['best_hetsched_sustained']:.0f} req/s, Triton best "
             f"{summary['best_triton_sustained']:.0f} req/s"
+            + (f" ({summary['best_hetsched_sustained'] / summary['limit_with_client_req_per_s']:.0%} and "
+               f"{summary['best_triton_sustained'] / summary['limit_with_client_req_per_s']:.0%} of what is "
+               "left, among the rates offered)" if "limit_with_client_req_per_s" in summary else "")
             + ("" if summary["hetsched_default_p99_at_or_below_best_triton"] == "0/0" else
                f"; hetsched's default p99 at or below the best Triton p99 at "
                f"{summary['hetsched_default_p99_at_or_below_best_triton']} offered rates"
@@ -443,7 +465,7 @@ def main() -> int:
                         run_setup(setup, name, model_path, rates, args.duration, args.min_requests, scratch,
                                   args.protocol))
             all_rounds[name] = rounds
-            summaries.append(summarize(name, limit, rounds))
+            summaries.append(summarize(name, limit, rounds, cores))
             (HERE / "results").mkdir(exist_ok=True)
             plot(name, {label: over_rounds(sweeps) for label, sweeps in rounds.items()},
                  HERE / "results" / f"{args.section}_{name}.png")

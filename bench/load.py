@@ -53,6 +53,7 @@ class LoadResult:
     mean_ms: float
     errors: dict[str, int] = field(default_factory=dict)
     schedule_s: float = 0.0  # open loop: how long requests were being sent
+    client_cpu_ms: float = float("nan")  # open loop: this process's CPU per answer (the client's cost)
 
     @property
     def sent_rate(self) -> float:
@@ -161,7 +162,7 @@ def open_loop(
                 errors[_kind(error)] += 1
         done.release()
 
-    start = time.perf_counter()
+    cpu_start, start = time.process_time(), time.perf_counter()
     for offset in schedule:
         scheduled = start + offset
         delay = scheduled - time.perf_counter()
@@ -182,6 +183,7 @@ def open_loop(
         elapsed = max(duration_s, last_answer[0] - start)
         result = _summary("open", target.protocol, rate, 0, elapsed, len(schedule), latencies, errors)
         result.schedule_s = duration_s
+        result.client_cpu_ms = (time.process_time() - cpu_start) / max(1, result.completed) * 1e3
     if pool is not None:
         pool.shutdown(wait=False, cancel_futures=True)
     if client is not None:
