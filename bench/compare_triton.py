@@ -368,15 +368,17 @@ def report(summaries: list[dict[str, Any]], rounds: dict[str, Rounds], args: arg
             f"{limit['best_batch']}, each timed alone; {limit['all_cores_rows_per_s']:.0f} rows/s with "
             "every core running one at once)"
             + (f"; with this client's {summary['client_cpu_ms']:.1f} ms of CPU per request on the same "
-               f"cores, {summary['limit_with_client_req_per_s']:.0f} req/s are left for a server"
+               f"cores, {summary['limit_with_client_req_per_s']:.0f} req/s are left for a server on them"
                if "limit_with_client_req_per_s" in summary else "")
             + ". Sustained (the highest rate the schedule really sent that was answered in full, at "
             "≥95% of it, without errors): hetsched best "
             f"{summary['best_hetsched_sustained']:.0f} req/s, Triton best "
             f"{summary['best_triton_sustained']:.0f} req/s"
-            + (f" ({summary['best_hetsched_sustained'] / summary['limit_with_client_req_per_s']:.0%} and "
-               f"{summary['best_triton_sustained'] / summary['limit_with_client_req_per_s']:.0%} of what is "
-               "left, among the rates offered)" if "limit_with_client_req_per_s" in summary else "")
+            + (f" ({summary['best_hetsched_sustained'] / summary['limit_with_client_req_per_s']:.0%}"
+               + ("" if args.triton_url else
+                  f" and {summary['best_triton_sustained'] / summary['limit_with_client_req_per_s']:.0%}")
+               + " of what is left, among the rates offered)"
+               if "limit_with_client_req_per_s" in summary else "")
             + ("" if summary["hetsched_default_p99_at_or_below_best_triton"] == "0/0" else
                f"; hetsched's default p99 at or below the best Triton p99 at "
                f"{summary['hetsched_default_p99_at_or_below_best_triton']} offered rates"

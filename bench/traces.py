@@ -97,14 +97,16 @@ def _hetsched_frontend(events: list[dict[str, Any]], protocol: str) -> list[dict
     """Per client request of the protocol's unary frontend (the calls the load makes), each phase's
     seconds, from its stamps' slices."""
     stamps: dict[str, dict[tuple[str, str], float]] = defaultdict(dict)
+    frontends: dict[str, str] = {}
     for e in events:
         if e.get("cat") == "frontend":
             stamps[e["id"]][(e["name"], e["ph"])] = e["ts"]
+            if "args" in e:  # the whole request's slice
+                frontends[e["id"]] = e["args"]["frontend"]
     requests = []
     last = HANDLED_UNTIL[protocol]
-    for seen in stamps.values():
-        whole = next(name for name, ph in seen if name not in FRONTEND)
-        if whole.rsplit(" ", 1)[0] != protocol:  # the other protocol's, the stream's
+    for ident, seen in stamps.items():
+        if frontends.get(ident) != protocol:  # the other protocol's, the stream's
             continue
         row = {p: (seen[(p, "e")] - seen[(p, "b")]) / 1e6 for p in FRONTEND[:-1] if (p, "b") in seen}
         row["handled"] = (seen[(last, "e")] - seen[("decode", "b")]) / 1e6

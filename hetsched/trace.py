@@ -51,6 +51,8 @@ class RequestStamps:
     the service the hand-over to the model and its answer (``submitted_s``, ``answered_s``);
     a point a frontend cannot see stays NaN.  The phases between them (:data:`PHASES`) are what
     a client's latency spends outside the scheduler, which a task trace alone cannot show.
+    Answered requests are recorded; one refused or failed, or a call its client cancelled before
+    the answer went out, is not.
     """
 
     __slots__ = ("frontend", "model", "arrived_s", "received_s", "submitted_s", "answered_s",
@@ -59,7 +61,9 @@ class RequestStamps:
     def __init__(self, frontend: str, model: str, arrived_s: float) -> None:
         self.frontend = frontend  # "grpc", "grpc stream", "http"
         self.model = model
-        self.arrived_s = arrived_s  # gRPC: its headers reached grpc's poller; else = received_s
+        # gRPC unary: its headers reached grpc's poller; HTTP: its handler began reading the body;
+        # the gRPC stream: = received_s
+        self.arrived_s = arrived_s
         self.received_s = math.nan  # the frontend's handler holds the whole request
         self.submitted_s = math.nan  # decoded and checked: handed to the model (batcher, scheduler)
         self.answered_s = math.nan  # the model's answer (or error) is there
@@ -68,7 +72,7 @@ class RequestStamps:
 
 
 PHASES = (  # (name, from, to): a request's way through a frontend, in order
-    ("receive", "arrived_s", "received_s"),  # gRPC: the message's upload and the hop to a pool thread
+    ("receive", "arrived_s", "received_s"),  # gRPC: the upload and the hop to a pool thread; HTTP: the body
     ("decode", "received_s", "submitted_s"),
     ("model", "submitted_s", "answered_s"),  # the dynamic batcher's wait, then the scheduler's tasks
     ("encode", "answered_s", "encoded_s"),  # the handler's wake-up, then the response built
@@ -236,17 +240,22 @@ class TraceRecorder:
 
 
 def _frontend_slices(stamps: RequestStamps, ident: str, origin: float) -> list[dict[str, Any]]:
-    """A client request as async slices of one id: the whole, and each phase it was seen through."""
-    points = [getattr(stamps, name) for name in stamps.__slots__[2:]]
-    seen = [p for p in points if not math.isnan(p)]
+    """A client request as async slices of one id: the whole (its frontend and model in ``args``),
+    and each phase it was seen through, nested in it: the whole begins first and ends last."""
+    points = [PHASES[0][1]] + [last for _, _, last in PHASES]
+    seen = [when for when in (getattr(stamps, point) for point in points) if not math.isnan(when)]
     common = {"cat": "frontend", "id": ident, "pid": 1}
-    slices = [(f"{stamps.frontend} {stamps.model}", seen[0], seen[-1])]
+
+    def event(ph: str, name: str, when: float, **extra: Any) -> dict[str, Any]:
+        return {"ph": ph, "name": name, "ts": (when - origin) * 1e6, **common, **extra}
+
+    whole = f"{stamps.frontend} {stamps.model}"
+    slices = [event("b", whole, seen[0], args={"frontend": stamps.frontend, "model": stamps.model})]
     for phase, first, last in PHASES:
         start, end = getattr(stamps, first), getattr(stamps, last)
         if not (math.isnan(start) or math.isnan(end)):
-            slices.append((phase, start, end))
-    return [{"ph": ph, "name": name, "ts": (when - origin) * 1e6, **common}
-            for name, start, end in slices for ph, when in (("b", start), ("e", end))]
+            slices += [event("b", phase, start), event("e", phase, end)]
+    return [*slices, event("e", whole, seen[-1])]
 
 
 def _link(transfer: TransferEvent) -> str:

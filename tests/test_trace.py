@@ -65,15 +65,25 @@ def test_chrome_trace_has_a_slice_per_task_and_an_async_slice_per_request() -> N
 
 
 def frontend_slices(events: list[dict[str, Any]]) -> dict[str, dict[str, tuple[float, float]]]:
-    """Per frontend request (its id): each slice's name -> (begin, end) in µs."""
-    found: dict[str, dict[str, list[float]]] = {}
+    """Per frontend request (its id): each slice's name -> (begin, end) in µs.  Checks that each has
+    one begin and one end, no later than it, and that the whole request's slice (the one with
+    ``args``) begins first and ends last among its id's events."""
+    found: dict[str, dict[tuple[str, str], float]] = {}
+    order: dict[str, list[dict[str, Any]]] = {}
     for e in events:
         if e.get("cat") == "frontend":
-            found.setdefault(e["id"], {}).setdefault(e["name"], []).append(e["ts"])
-    for slices in found.values():
-        assert all(len(ts) == 2 for ts in slices.values()), slices  # one begin and one end each
-    return {ident: {name: (min(ts), max(ts)) for name, ts in slices.items()}
-            for ident, slices in found.items()}
+            assert (e["name"], e["ph"]) not in found.setdefault(e["id"], {}), e
+            found[e["id"]][(e["name"], e["ph"])] = e["ts"]
+            order.setdefault(e["id"], []).append(e)
+    slices = {}
+    for ident, stamps in found.items():
+        names = {name for name, _ in stamps}
+        assert all((n, "b") in stamps and (n, "e") in stamps and stamps[(n, "b")] <= stamps[(n, "e")]
+                   for n in names), stamps
+        first, last = order[ident][0], order[ident][-1]
+        assert first["ph"] == "b" and "args" in first and last == {**last, "ph": "e", "name": first["name"]}
+        slices[ident] = {n: (stamps[(n, "b")], stamps[(n, "e")]) for n in names}
+    return slices
 
 
 def test_a_frontends_stamps_become_a_request_slice_with_its_phases_nested() -> None:
@@ -134,6 +144,7 @@ def test_summary_gives_each_workers_busy_time() -> None:
 def test_the_daemon_writes_its_trace_on_stop(tmp_path: Path) -> None:
     import tritonclient.grpc as grpcclient
     import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
 
     add_zoo_model(tmp_path / "repository", "lenet5", "lenet5",
                   'parameters { key: "hetsched.ratios" value { string_value: "0.5,0.5" } }')
@@ -150,6 +161,10 @@ def test_the_daemon_writes_its_trace_on_stop(tmp_path: Path) -> None:
     client.async_stream_infer("lenet5", [request])
     client.stop_stream()  # waits for the answer
     client.close()
+    wrong = grpcclient.InferInput("input", [1, 1, 32, 31], "FP32")  # traced, refused, not recorded
+    wrong.set_data_from_numpy(np.zeros((1, 1, 32, 31), np.float32))
+    with pytest.raises(InferenceServerException, match="INVALID_ARGUMENT|shape"):
+        grpcclient.InferenceServerClient(server.grpc).infer("lenet5", [wrong])
     http = httpclient.InferenceServerClient(server.http)
     http_request = httpclient.InferInput("input", [1, 1, 32, 32], "FP32")
     http_request.set_data_from_numpy(np.zeros((1, 1, 32, 32), np.float32))
@@ -174,6 +189,8 @@ def test_the_daemon_writes_its_trace_on_stop(tmp_path: Path) -> None:
                         "grpc stream lenet5": ["receive", "decode", "model", "encode"],
                         "http lenet5": ["receive", "decode", "model", "encode"]}[kind]
         assert r[seen[0]][0] == whole[0] and r[seen[-1]][1] == whole[1]
+        if kind == "grpc lenet5":  # stamped at grpc's poller, before a pool thread ran the handler
+            assert r["receive"][0] < r["receive"][1]
         assert all(r[a][1] == r[b][0] and r[a][0] <= r[a][1] for a, b in zip(seen, seen[1:]))
         # on the scheduler's clock: a job of the trace runs within the request's model phase
         start, end = r["model"]

@@ -268,7 +268,8 @@ class _Arrivals(grpc.ServerInterceptor):
         if handler is None or not details.method.endswith("/ModelInfer"):
             return handler
         stamped = functools.partial(handler.unary_unary, arrived_s=MonotonicClock.now())
-        return handler._replace(unary_unary=stamped)
+        return grpc.unary_unary_rpc_method_handler(stamped, handler.request_deserializer,
+                                                   handler.response_serializer)
 
 
 def build_server(
