@@ -4,8 +4,10 @@ batch size, each under the same open-loop Poisson load through ``tritonclient`` 
 - ``--sweep ratios``: whole model, 75/25, 80/20, 85/15, 90/10 (METIS parts on the same cores, so
   a split can only pay by pipelining its parts on different workers).
 - ``--sweep groups``: core groups ``1x<cores>`` with wide and narrow workers (the default),
-  ``<cores>x1`` (one-core groups only) and a single core (``1x1``).  This machine has one NUMA
-  node, so grouping by NUMA node and an arbitrary grouping coincide here: say so, not sweep it.
+  ``<cores>x1`` (one-core groups only) and a single core (``1x1``); on a machine of several NUMA
+  nodes also one group per node (``numa``) against groups of the same sizes whose cores alternate
+  between the nodes (a core list, :func:`cross_node_groups`).  With one node the two coincide:
+  the report says so rather than sweep them.
 - ``--sweep batch``: the largest batch the dynamic batcher may form (1, 2, 4, 8); at each rate
   the batch chooser picks the size minimizing expected latency, and the daemon's statistics
   extension says which sizes ran.
@@ -49,6 +51,15 @@ FRACTIONS = (0.3, 0.6, 0.85, 1.1)
 STREAMS = (1, 2, 3, 4)
 
 
+def cross_node_groups(node_cores: dict[int, list[int]]) -> str:
+    """A core-list spec with as many groups as nodes, each as big as a node's share, whose cores
+    alternate between the nodes: the arbitrary grouping that NUMA grouping is measured against."""
+    pool = [core for rank in range(max(map(len, node_cores.values())))
+            for cores in node_cores.values() if rank < len(cores) for core in cores[rank:rank + 1]]
+    size = len(pool) // len(node_cores)
+    return ";".join(",".join(map(str, pool[i * size:(i + 1) * size])) for i in range(len(node_cores)))
+
+
 def configurations(sweep: str, cores: int) -> dict[str, tuple[str, tuple[str, ...]]]:
     """Label -> (config.pbtxt, more `hetsched serve` options) of each point of the sweep."""
 
@@ -61,7 +72,13 @@ def configurations(sweep: str, cores: int) -> dict[str, tuple[str, tuple[str, ..
             for label in ("1.0", "0.75,0.25", "0.8,0.2", "0.85,0.15", "0.9,0.1")
         }
     if sweep == "groups":
-        return {spec: (param("workers", spec), ()) for spec in (f"1x{cores}", f"{cores}x1", "1x1")}
+        from hetsched.topology import discover
+
+        specs = [f"1x{cores}", f"{cores}x1", "1x1"]
+        nodes = discover().node_cores()
+        if len(nodes) > 1:
+            specs += ["numa", cross_node_groups(nodes)]
+        return {spec: (param("workers", spec), ()) for spec in specs}
     if sweep == "batch":
         return {f"max batch {n}": (f"max_batch_size: {n}\ndynamic_batching {{ }}\n" if n > 1
                                    else "max_batch_size: 0\n", ()) for n in (1, 2, 4, 8)}
@@ -79,7 +96,11 @@ def run(sweep: str, model_name: str, duration: float) -> dict[str, Any]:
     cores = len(os.sched_getaffinity(0))
     proto = zoo.build(model_name)
     configs = configurations(sweep, cores)
-    out: dict[str, Any] = {"sweep": sweep, "model": model_name, "cores": cores, "points": {}}
+    from hetsched.topology import discover
+
+    nodes = len(discover().numa_nodes)
+    out: dict[str, Any] = {"sweep": sweep, "model": model_name, "cores": cores, "numa_nodes": nodes,
+                           "points": {}}
     bar = ProgressBar(f"sweep {sweep}")
     with tempfile.TemporaryDirectory() as scratch:
         base_rate = 0.0
@@ -139,7 +160,10 @@ def report(out: dict[str, Any], args: argparse.Namespace) -> str:
         f"## Sweep of {out['sweep']} (bench/sweeps.py)",
         "",
         f"`PYTHONPATH=.:bench python bench/sweeps.py --sweep {args.sweep} --model {args.model} "
-        f"--duration {args.duration}` on {platform.node()} ({out['cores']} cores, one NUMA node), "
+        f"--duration {args.duration}` on {platform.node()} ({out['cores']} cores, "
+        f"{out.get('numa_nodes', 1)} NUMA node{'s' * (out.get('numa_nodes', 1) > 1)}"
+        + ("; grouping by node and an arbitrary grouping coincide" if out.get("numa_nodes", 1) == 1
+           and out["sweep"] == "groups" else "") + "), "
         f"{date.today().isoformat()}. `hetsched serve` per configuration (fresh perf models, warmed up), "
         f"open-loop Poisson load through tritonclient gRPC at {', '.join(f'{r:.0f}' for r in rates)} req/s "
         f"({', '.join(f'{f:.0%}' for f in FRACTIONS)} of the first configuration's closed-loop capacity, "

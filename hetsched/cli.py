@@ -187,7 +187,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--grpc-port", type=_port, default=8001)
     serve.add_argument("--metrics-port", type=int, default=8002, help="Prometheus /metrics; -1: none")
     serve.add_argument("--workers", default="auto",
-                       help="core groups: auto, numa, socket or NxK (default auto)")
+                       help="core groups: auto, numa, socket, NxK or core lists like 0-1;2,3 (default auto)")
     serve.add_argument("--policy", default="dmda", help="scheduling policy (default dmda)")
     serve.add_argument("--gpu-streams", type=_count, default=2,
                        help="workers (CUDA streams) per GPU found, beside the core groups (default 2; "

@@ -12,8 +12,9 @@ process sees them.  Each GPU yields ``streams`` workers
 their own sessions on one GPU are its streams, whose tasks the scheduler runs at the same time
 (how much the GPU overlaps them is not measured: no GPU was at hand).
 
-Core groups come from the NUMA nodes (``"numa"``), the sockets (``"socket"``)
-or an explicit ``"NxK"`` (N groups of K cores).  Each group of more than one
+Core groups come from the NUMA nodes (``"numa"``), the sockets (``"socket"``),
+an explicit ``"NxK"`` (N groups of K cores, in core order) or explicit core lists
+(``"0-3;4-7"``: groups split by ``;``, each in the kernel's cpulist format).  Each group of more than one
 core yields one *wide* worker (all its cores, ``cpu:<K>t``) and K *narrow*
 workers (one core each, ``cpu:1t``) over the same cores; the scheduler never
 runs two of them on one core at once.  ``"auto"`` groups by NUMA node.
@@ -92,21 +93,49 @@ def discover(sys_cpu: Path = SYS_CPU, sys_node: Path = SYS_NODE) -> Topology:
 
 
 def core_groups(topology: Topology, spec: str = "auto") -> list[tuple[int, ...]]:
-    """Cores per group for ``spec``: "auto" | "numa" | "socket" | "NxK"."""
+    """Cores per group for ``spec``: "auto" | "numa" | "socket" | "NxK" | core lists ("0-3;4-7")."""
     if spec in ("auto", "numa"):
         return [tuple(c.id for c in topology.cores if c.numa_node == n) for n in topology.numa_nodes]
     if spec == "socket":
         return [tuple(c.id for c in topology.cores if c.package == p) for p in topology.packages]
+    if spec and spec[0].isdigit() and "x" not in spec:
+        return _listed_groups(topology, spec)
     count, sep, size = spec.partition("x")
     if not sep or not count.isdigit() or not size.isdigit() or int(count) < 1 or int(size) < 1:
-        raise UsageError(
-            f"core groups {spec!r}: use auto, numa, socket or NxK (e.g. 2x1 for two 1-core groups)")
+        raise UsageError(f"core groups {spec!r}: use auto, numa, socket, NxK (e.g. 2x1 for two 1-core "
+                         "groups) or core lists (e.g. 0-1;2,3)")
     ids = [c.id for c in topology.cores]
     need = int(count) * int(size)
     if need > len(ids):
         raise UsageError(f"core groups {spec!r} need {need} cores but this process may use {len(ids)}; "
                          f"ask for at most {len(ids)} in all")
     return [tuple(ids[i * int(size):(i + 1) * int(size)]) for i in range(int(count))]
+
+
+def _listed_groups(topology: Topology, spec: str) -> list[tuple[int, ...]]:
+    """Groups given core by core (``"0-1;2,3"``): a layout NxK cannot say, such as groups that cross
+    NUMA nodes, or cores left to something else."""
+    allowed = {c.id for c in topology.cores}
+    groups: list[tuple[int, ...]] = []
+    for text in spec.split(";"):
+        try:
+            cores = tuple(parse_cpu_list(text))
+        except ValueError:
+            cores = ()
+        if not cores:
+            raise UsageError(f"core groups {spec!r}: {text!r} is not a core list; write e.g. 0-3;4-7 "
+                             "(or NxK, e.g. 2x1)")
+        groups.append(cores)
+    listed = [core for group in groups for core in group]
+    repeated = sorted({core for core in listed if listed.count(core) > 1})
+    if repeated:
+        raise UsageError(f"core groups {spec!r}: cores {repeated} are in more than one group; "
+                         "a core belongs to one group")
+    outside = sorted(set(listed) - allowed)
+    if outside:
+        raise UsageError(f"core groups {spec!r}: this process may not use cores {outside}; "
+                         f"it may use {sorted(allowed)}")
+    return groups
 
 
 def cpu_workers(topology: Topology, spec: str = "auto", narrow: bool = True) -> list[WorkerSpec]:
@@ -118,7 +147,9 @@ def cpu_workers(topology: Topology, spec: str = "auto", narrow: bool = True) -> 
         memory = f"host:{node_of[cores[0]]}"
         workers.append(WorkerSpec(f"cpu{index}", f"cpu:{len(cores)}t", memory, cores))
         if narrow and len(cores) > 1:
-            workers += [WorkerSpec(f"cpu{index}.{core}", "cpu:1t", memory, (core,)) for core in cores]
+            # a narrow worker's memory is its own core's node (a listed group may cross nodes)
+            workers += [WorkerSpec(f"cpu{index}.{core}", "cpu:1t", f"host:{node_of[core]}", (core,))
+                        for core in cores]
     log.info("workers %s: %s", spec, ", ".join(f"{w.name}={w.cores}" for w in workers))
     return workers
 

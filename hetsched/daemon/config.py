@@ -17,7 +17,7 @@ key                         default      meaning
                                          every worker (0: none)
 ``hetsched.max_queue``      ``256``      requests accepted and not answered, per model;
                                          past it: HTTP 503 / gRPC UNAVAILABLE
-``hetsched.workers``        the daemon's core groups (``auto``, ``numa``, ``socket``, ``NxK``)
+``hetsched.workers``        the daemon's core groups (``auto``, ``numa``, ``socket``, ``NxK``, ``0-1;2,3``)
 ``hetsched.policy``         the daemon's scheduling policy (``dmda``, ``eager``...)
 ==========================  ===========  =================================================
 
