@@ -9,17 +9,17 @@ Poisson schedule through ``tritonclient`` gRPC or HTTP (``--protocol``; bench/lo
 - Triton (``hetsched.tritonserver``, Python backend running ONNX Runtime) in each static config,
   with its trace API at level TIMESTAMPS for every request.
 
-From both: per request, the time waiting in the server's queue (hetsched: admission to its first
-task's start; Triton: QUEUE_START to COMPUTE_START) and computing (hetsched: the sum of its tasks;
-Triton: COMPUTE_START to COMPUTE_END), medians and p99, beside the client's latency.  And each
-client request's way through the frontend, from the moment it holds the whole request to the
-call's end over gRPC, or to the response handed to the HTTP library (hetsched: its frontend stamps,
-hetsched.trace.RequestStamps; Triton: GRPC_WAITREAD_END to GRPC_SEND_END, HTTP_RECV_END to
-HTTP_SEND_START), by phase: decode, model (batcher, admission line and scheduler; Triton: its
-queue, backend and stub), encode, send; what is left of the client's latency is the upload, the
-client and the network stack.  Writes the traces and bench/results/<section>.json to
-bench/results/ and its section of bench/RESULTS.md (``--section``, default ``traces``: a run on
-another model can keep the first).
+From both: per request, the time waiting in the server's queue (hetsched: its arrival in the
+runtime, through the admission line, to its first task's start; Triton: QUEUE_START to
+COMPUTE_START) and computing (hetsched: the sum of its tasks; Triton: COMPUTE_START to COMPUTE_END),
+medians and p99, beside the client's latency. And each client request's way through the frontend,
+from the moment it holds the whole request to the call's end over gRPC, or to the response handed to
+the HTTP library (hetsched: its frontend stamps, hetsched.trace.RequestStamps; Triton:
+GRPC_WAITREAD_END to GRPC_SEND_END, HTTP_RECV_END to HTTP_SEND_START), by phase: decode, model
+(batcher, admission line and scheduler; Triton: its queue, backend and stub), encode, send; what is
+left of the client's latency is the upload, the client and the network stack. Writes the traces and
+bench/results/<section>.json to bench/results/ and its section of bench/RESULTS.md (``--section``,
+default ``traces``: a run on another model can keep the first).
 
     PYTHONPATH=.:bench python bench/traces.py [--model googlenet] [--fraction 0.8] [--duration 10] \\
         [--protocol grpc|http] [--also-b1] [--section traces]
@@ -233,11 +233,11 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
         f"hetsched's closed-loop capacity {results['capacity']:.1f} req/s), tritonclient "
         f"{'gRPC' if results['protocol'] == 'grpc' else 'HTTP'}. Per request, "
         "median / p99 ms: client latency, time in the server, queued (waiting for a worker), computing. "
-        "hetsched's job starts when the scheduler admits its batch: the wait in the dynamic batcher and "
-        "the runtime's admission line before that is in the frontend's 'model' phase below, not in "
-        "'queued'; its trace also holds the ~30 warm-up requests of the model's load. A Triton request "
-        "is one client request; a hetsched one is a batch of them. Triton's REQUEST_END comes after "
-        "its response was sent.",
+        "hetsched's job starts when its batch reaches the runtime, so 'queued' holds its wait in the "
+        "admission line (a \"held\" slice in the trace) and for a worker; the wait in the dynamic "
+        "batcher before that is in the frontend's 'model' phase below only. Its trace also holds the "
+        "~30 warm-up requests of the model's load. A Triton request is one client request; a hetsched "
+        "one is a batch of them. Triton's REQUEST_END comes after its response was sent.",
         "",
         "| server | client | in server | queued | computing | trace |",
         "|---|---:|---:|---:|---:|---|",

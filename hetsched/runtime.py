@@ -508,7 +508,9 @@ class Runtime:
     def _submit(self, model: Model, feeds: dict[str, np.ndarray], batch: int, turn: _Turn | None = None,
                 caller: threading.Thread | None = None) -> Future[dict[str, np.ndarray]]:
         future: Future[dict[str, np.ndarray]] = Future()
-        self._admit(_JobData(model, feeds, batch, future, dict(feeds), caller), turn)
+        data = _JobData(model, feeds, batch, future, dict(feeds), caller,
+                        arrived_s=self.scheduler.clock.now())
+        self._admit(data, turn)
         return future
 
     def _admit(self, data: _JobData, turn: _Turn | None = None) -> None:
@@ -531,6 +533,7 @@ class Runtime:
                 self._check_open()
                 held = bool(self._held) or not self._room()
             if held:
+                data.held = True
                 self._held.append(data.model, data)
             else:
                 self._in_flight[id(data)] = (data.future, data.model)
@@ -582,6 +585,8 @@ class Runtime:
         batch, priority = data.batch, -sequence
         job.tasks = [Task(stage, index, job, request_footprint, batch, priority, dict(nbytes), dict(nodes),
                           allowed) for stage, index, nbytes, nodes, allowed in parts]
+        if self.tracer is not None and data.held:  # its wait in the line, before the scheduler saw it
+            self.tracer.on_arrival(job.name, data.arrived_s)
         try:
             if data.caller is threading.current_thread():  # (not when held, started by another thread)
                 self.executor.run_here(job, self.scheduler.submit)
@@ -791,6 +796,8 @@ class _JobData:
     values: dict[str, Any]  # arrays here, or references to tensors a cluster worker keeps
     caller: threading.Thread | None = None  # a caller that waits for the answer on its thread (run_here)
     attempts: int = 0
+    arrived_s: float = math.nan  # when the runtime got it
+    held: bool = False  # it waited for room in the admission line before its job started
 
 
 class _RecordingOracle(HistoryOracle):

@@ -104,6 +104,7 @@ class TraceRecorder:
         self._events: list[TraceEvent] = []
         self._transfers: list[TransferEvent] = []
         self._requests: list[RequestStamps] = []
+        self._arrivals: dict[str, float] = {}  # job -> when its request reached the runtime
         self._lock = threading.Lock()
 
     def on_event(self, event: str, task: Task, worker: WorkerSpec | None, when_s: float) -> None:
@@ -121,6 +122,13 @@ class TraceRecorder:
             if len(self._transfers) < self.limit:
                 self._transfers.append(TransferEvent(task.id, task.job.name, source, target, nbytes,
                                                      start_s, end_s))
+
+    def on_arrival(self, job: str, arrived_s: float) -> None:
+        """The runtime is starting ``job`` for a request it got at ``arrived_s``, which waited for room
+        in the admission line since."""
+        with self._lock:
+            if len(self._arrivals) < self.limit:
+                self._arrivals[job] = arrived_s
 
     def on_request(self, stamps: RequestStamps) -> None:
         """A frontend has answered a client request."""
@@ -153,11 +161,14 @@ class TraceRecorder:
 
     def chrome_trace(self) -> dict[str, Any]:
         """Complete ("X") events, one row per worker; one async slice (category "request") per job
-        from its arrival (its tasks' submission) to its last task's end; and one (category
+        from its request's arrival in the runtime to its last task's end, with a "<job> held" slice
+        nested in it while the request waited for room (the admission line); and one (category
         "frontend") per client request from its arrival at a frontend to its answer's sending,
         its phases nested in it.  Microseconds from the first event."""
         # one snapshot: tracing may go on meanwhile
         events, transfers, requests = self.events(), self.transfers(), self.requests()
+        with self._lock:
+            arrivals = dict(self._arrivals)
         spans = self._spans(events)
         origin = min([e.when_s for e in events] + [t.start_s for t in transfers]
                      + [r.arrived_s for r in requests], default=0.0)
@@ -184,25 +195,24 @@ class TraceRecorder:
             trace.append({"ph": "X", "pid": 1, "tid": tid[_link(t)], "name": f"{t.job} inputs",
                           "ts": (t.start_s - origin) * 1e6, "dur": (t.end_s - t.start_s) * 1e6,
                           "args": {"task": t.task_id, "bytes": t.nbytes}})
-        arrived: dict[str, float] = {}
+        admitted: dict[str, float] = {}
         ended: dict[str, float] = {}
         for event in events:
             if event.event == "submit":
-                arrived.setdefault(event.job, event.when_s)
+                admitted.setdefault(event.job, event.when_s)
             elif event.event in ("end", "fail"):
                 ended[event.job] = max(ended.get(event.job, event.when_s), event.when_s)
-        for number, job in enumerate(j for j in arrived if j in ended):
-            for phase, when in (("b", arrived[job]), ("e", ended[job])):
-                trace.append(
-                    {
-                        "ph": phase,
-                        "cat": "request",
-                        "name": job,
-                        "id": number,
-                        "pid": 1,
-                        "ts": (when - origin) * 1e6,
-                    }
-                )
+        def job_event(ph: str, name: str, number: int, when: float) -> dict[str, Any]:
+            return {"ph": ph, "cat": "request", "name": name, "id": number, "pid": 1,
+                    "ts": (when - origin) * 1e6}
+
+        for number, job in enumerate(j for j in admitted if j in ended):
+            arrived = min(arrivals.get(job, admitted[job]), admitted[job])
+            trace.append(job_event("b", job, number, arrived))
+            if arrived < admitted[job]:  # it waited for room in the admission line
+                trace += [job_event("b", f"{job} held", number, arrived),
+                          job_event("e", f"{job} held", number, admitted[job])]
+            trace.append(job_event("e", job, number, ended[job]))
         for number, stamps in enumerate(requests):
             trace.extend(_frontend_slices(stamps, f"frontend {number}", origin))
         return {"traceEvents": trace, "displayTimeUnit": "ms"}

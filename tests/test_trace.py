@@ -173,7 +173,8 @@ def test_the_daemon_writes_its_trace_on_stop(tmp_path: Path) -> None:
     assert server.stop() == 0, server.text()[-2000:]
     assert not any(isinstance(a, Exception) for a in answers) and len(answers) == 1
     events = json.loads(trace_file.read_text())["traceEvents"]
-    jobs = {e["name"]: e["ts"] for e in events if e["ph"] == "b" and e["cat"] == "request"}
+    jobs = {e["name"]: e["ts"] for e in events
+            if e["ph"] == "b" and e["cat"] == "request" and not e["name"].endswith(" held")}
     ended = {e["name"]: e["ts"] for e in events if e["ph"] == "e" and e["cat"] == "request"}
     assert len(jobs) >= 5  # the warm-up's requests are traced too
     assert sum(e["ph"] == "X" for e in events) == 2 * len(jobs)
@@ -195,3 +196,57 @@ def test_the_daemon_writes_its_trace_on_stop(tmp_path: Path) -> None:
         # on the scheduler's clock: a job of the trace runs within the request's model phase
         start, end = r["model"]
         assert any(start <= jobs[j] and ended[j] <= end for j in jobs), (r, jobs, ended)
+
+
+class _Gated:
+    """A real session whose first run waits for a gate: the worker stays busy until it opens."""
+
+    def __init__(self, session: Any, gate: Any) -> None:
+        self.session, self.gate, self.runs = session, gate, 0
+
+    def run(self, names: Any, feeds: Any) -> Any:
+        self.runs += 1
+        if self.runs == 1:
+            assert self.gate.wait(30)
+        return self.session.run(names, feeds)
+
+
+def test_a_request_that_waited_for_room_shows_its_wait_nested_in_its_job() -> None:
+    """One worker kept busy while six requests arrive: those beyond the lookahead wait in the
+    admission line, and the trace shows each such wait as a "held" slice from the request's
+    arrival to its admission, first in its job's slice; the others have none."""
+    import threading
+
+    from hetsched import zoo
+    from hetsched.runtime import LOOKAHEAD, Runtime
+    from hetsched.sequential import run_whole
+    from partitioner.feeds import random_feeds
+
+    proto = zoo.build("lenet5")
+    gate = threading.Event()
+    with Runtime(workers="1x1", narrow=False, gpu_streams=0, policy="eager", trace=True) as runtime:
+        model = runtime.load(proto)
+        worker = runtime.executor.workers["cpu0"]  # type: ignore[attr-defined]
+        for stage, session in list(worker.sessions.items()):
+            worker.sessions[stage] = _Gated(session, gate)
+        cases = [random_feeds(proto, 1, seed=seed) for seed in range(6)]
+        futures = [model.submit(feeds) for feeds in cases]
+        gate.set()
+        for feeds, future in zip(cases, futures):
+            np.testing.assert_allclose(future.result(30)["logits"], run_whole(proto, feeds)["logits"],
+                                       rtol=1e-5, atol=1e-6)
+        assert runtime.tracer is not None
+        events = runtime.tracer.chrome_trace()["traceEvents"]
+    jobs = [e for e in events if e.get("cat") == "request"]
+    by_id: dict[int, list[dict[str, Any]]] = {}
+    for e in jobs:
+        by_id.setdefault(e["id"], []).append(e)
+    mine = [slices for slices in by_id.values() if slices[0]["name"].startswith(model.name)][-6:]
+    held = [slices for slices in mine if len(slices) == 4]
+    assert len(held) == 6 - LOOKAHEAD and all(len(s) == 2 for s in mine if s not in held)
+    for job_b, held_b, held_e, job_e in held:  # nested: the job begins with its wait, ends last
+        assert (job_b["ph"], held_b["ph"], held_e["ph"], job_e["ph"]) == ("b", "b", "e", "e")
+        assert held_b["name"] == f"{job_b['name']} held"
+        assert job_b["ts"] == held_b["ts"] < held_e["ts"] <= job_e["ts"]
+        tasks = [e["ts"] for e in events if e["ph"] == "X" and e["name"].startswith(job_b["name"] + " ")]
+        assert held_e["ts"] <= min(tasks)  # admitted, then run
