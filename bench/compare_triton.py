@@ -51,7 +51,7 @@ from typing import Any
 
 import numpy as np
 import onnx
-from load import LoadResult, Target, closed_loop, open_loop
+from load import LoadResult, Target, closed_loop, open_loop, server_url
 from results_md import write_section
 
 from hetsched import zoo
@@ -192,16 +192,14 @@ def run_setup(
         # its own perf models, calibrated at load: a store shared across setups and rounds let one
         # daemon start from what another had learnt under overload
         with DaemonProcess(repository, perfmodel_dir=scratch / f"perfmodels-{repository.name}") as daemon:
-            address = daemon.grpc if protocol == "grpc" else daemon.http
-            return sweep(f"{protocol}://{address}", name, rates, duration_s, min_requests)
+            return sweep(server_url(daemon, protocol), name, rates, duration_s, min_requests)
     if setup.url:
         return sweep(f"{protocol}://{setup.url}", name, rates, duration_s, min_requests)
     from hetsched.tritonserver import TritonServer
 
     server = TritonServer({name: model_path}, setup.triton, workdir=scratch / f"triton-{time.time_ns()}")
     try:
-        address = server.grpc if protocol == "grpc" else server.http
-        return sweep(f"{protocol}://{address}", name, rates, duration_s, min_requests)
+        return sweep(server_url(server, protocol), name, rates, duration_s, min_requests)
     finally:
         server.stop()
 

@@ -125,6 +125,12 @@ class Target:
         return made
 
 
+def server_url(server: Any, protocol: str) -> str:
+    """``grpc://host:port`` or ``http://host:port`` of a server that has both (a DaemonProcess, a
+    TritonServer): the same load through either protocol."""
+    return f"{protocol}://{server.grpc if protocol == 'grpc' else server.http}"
+
+
 def arrival_times(rate: float, duration_s: float, arrivals: str, seed: int = 0) -> list[float]:
     """Send times (seconds from the start) of an open-loop run."""
     if arrivals == "constant":

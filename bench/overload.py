@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import onnx
-from load import Target, closed_loop, open_loop
+from load import Target, closed_loop, open_loop, server_url
 from results_md import publish
 from timing import cpu_by_role, thread_cpu_s, tree_cpu_s
 
@@ -120,8 +120,7 @@ def triton_run(model_path: Path, name: str, config: TritonConfig, rate: float, s
                scratch: Path, protocol: str) -> dict[str, Any]:
     server = TritonServer({name: model_path}, config, workdir=scratch / f"triton-{time.time_ns()}")
     try:
-        address = server.grpc if protocol == "grpc" else server.http
-        row = measure(Target(f"{protocol}://{address}", name), rate, seconds, server.process.pid)
+        row = measure(Target(server_url(server, protocol), name), rate, seconds, server.process.pid)
     finally:
         server.stop()
     return {**row, "tasks": 0, "wide_share": 0.0, "rows": {}}  # no trace of Triton's batches here
@@ -137,8 +136,7 @@ def one_run(model_path: Path, name: str, config: str, rate: float, seconds: floa
     with DaemonProcess(run / "repository", "--trace-file", str(trace_file),
                        perfmodel_dir=run / "perfmodels") as d:
         started = time.perf_counter()
-        address = d.grpc if protocol == "grpc" else d.http
-        row = measure(Target(f"{protocol}://{address}", name), rate, seconds, d.process.pid)
+        row = measure(Target(server_url(d, protocol), name), rate, seconds, d.process.pid)
         load_s = time.perf_counter() - started  # the trace's last seconds: written at the daemon's stop
     return {**row, **task_mix(trace_file, load_s)}
 

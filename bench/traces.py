@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 import onnx
-from load import Target, closed_loop, open_loop
+from load import Target, closed_loop, open_loop, server_url
 from results_md import write_section
 
 from hetsched import zoo
@@ -164,7 +164,7 @@ def run(model_name: str, fraction: float, duration: float, section: str, also_b1
                                "protocol": protocol, "servers": {}}
 
     def target(server: Any) -> Target:
-        return Target(f"{protocol}://{server.grpc if protocol == 'grpc' else server.http}", model_name)
+        return Target(server_url(server, protocol), model_name)
 
     (HERE / "results").mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory() as scratch:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,12 +127,12 @@ def _listed_groups(topology: Topology, spec: str) -> list[tuple[int, ...]]:
             raise UsageError(f"core groups {spec!r}: {text!r} is not a core list; write e.g. 0-3;4-7 "
                              "(or NxK, e.g. 2x1)")
         groups.append(cores)
-    listed = [core for group in groups for core in group]
-    repeated = sorted({core for core in listed if listed.count(core) > 1})
+    counts = Counter(core for group in groups for core in group)
+    repeated = sorted(core for core, count in counts.items() if count > 1)
     if repeated:
         raise UsageError(f"core groups {spec!r}: cores {repeated} are in more than one group; "
                          "a core belongs to one group")
-    outside = sorted(set(listed) - allowed)
+    outside = sorted(set(counts) - allowed)
     if outside:
         raise UsageError(f"core groups {spec!r}: this process may not use cores {outside}; "
                          f"it may use {sorted(allowed)}")

@@ -171,7 +171,7 @@ class TraceRecorder:
             arrivals = dict(self._arrivals)
         spans = self._spans(events)
         origin = min([e.when_s for e in events] + [t.start_s for t in transfers]
-                     + [r.arrived_s for r in requests], default=0.0)
+                     + [r.arrived_s for r in requests] + list(arrivals.values()), default=0.0)
         links = sorted({_link(t) for t in transfers})
         rows = sorted({s.worker for s, _ in spans if s.worker}) + links  # a row per worker, per link
         tid = {name: i for i, name in enumerate(rows)}
@@ -202,6 +202,7 @@ class TraceRecorder:
                 admitted.setdefault(event.job, event.when_s)
             elif event.event in ("end", "fail"):
                 ended[event.job] = max(ended.get(event.job, event.when_s), event.when_s)
+
         def job_event(ph: str, name: str, number: int, when: float) -> dict[str, Any]:
             return {"ph": ph, "cat": "request", "name": name, "id": number, "pid": 1,
                     "ts": (when - origin) * 1e6}
