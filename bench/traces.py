@@ -5,7 +5,8 @@ Poisson schedule through ``tritonclient`` gRPC or HTTP (``--protocol``; bench/lo
 
 - ``hetsched serve --trace-file``: a Chrome trace (open it in Perfetto: one row per worker, each
   task a slice, each job an async slice from its admission to its answer, each client request one
-  through its frontend), per-worker busy share;
+  through its frontend), per worker its busy share and its tasks' time and CPU time (how much of
+  their time they waited for a core);
 - Triton (``hetsched.tritonserver``, Python backend running ONNX Runtime) in each static config,
   with its trace API at level TIMESTAMPS for every request.
 
@@ -46,6 +47,7 @@ from results_md import write_section
 
 from hetsched import zoo
 from hetsched.daemon.process import DaemonProcess
+from hetsched.trace import off_cpu_share
 
 HERE = Path(__file__).parent
 
@@ -70,12 +72,15 @@ def hetsched_breakdown(trace: dict[str, Any], protocol: str = "grpc") -> dict[st
     first_start: dict[str, float] = {}
     compute: dict[str, float] = defaultdict(float)
     busy: dict[str, float] = defaultdict(float)
+    tasks: dict[str, list[tuple[float, float]]] = defaultdict(list)  # worker -> (duration, cpu) seconds
     for e in events:
         if e["ph"] == "X":
             job = e["name"].rsplit(" part ", 1)[0]
             first_start[job] = min(first_start.get(job, e["ts"]), e["ts"])
             compute[job] += e["dur"]
             busy[names[e["tid"]]] += e["dur"]
+            if "cpu_ms" in e.get("args", {}):
+                tasks[names[e["tid"]]].append((e["dur"] / 1e6, e["args"]["cpu_ms"] / 1e3))
     jobs = [j for j in arrived if j in answered and j in first_start]
     span = max(answered.values(), default=0) - min(arrived.values(), default=0)
     return {
@@ -83,6 +88,9 @@ def hetsched_breakdown(trace: dict[str, Any], protocol: str = "grpc") -> dict[st
         "compute": _stats([compute[j] / 1e6 for j in jobs]),
         "in_server": _stats([(answered[j] - arrived[j]) / 1e6 for j in jobs]),
         "busy_share": {w: t / span for w, t in sorted(busy.items())} if span > 0 else {},
+        "workers": {w: {"tasks": len(timed), "task": _stats([d for d, _ in timed]),
+                        "cpu": _stats([c for _, c in timed]), "off_cpu_share": off_cpu_share(timed)}
+                    for w, timed in sorted(tasks.items())},
         "frontend": _frontend_stats(_hetsched_frontend(events, protocol)),
     }
 
@@ -269,8 +277,19 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
         handled = phases["handled"]
         left = f"{row['client']['p50_ms'] - handled['median_ms']:.1f}" if handled["count"] else "—"
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {left} |")
-    busy = results["servers"]["hetsched"]["busy_share"]
-    lines += ["", "hetsched workers' busy share: " + ", ".join(f"{w} {s:.0%}" for w, s in busy.items()) + "."]
+    lines += ["", ("hetsched's workers: busy share of the trace; per task, median / p99 ms from its start "
+                   "on the worker to its end, and of the CPU time of the thread that ran it; the share "
+                   "of the tasks' time off CPU (the hand-over to the thread, then waiting for the core "
+                   "while other threads ran there). Triton's trace holds no CPU times."),
+              "", "| server | worker | busy | tasks | task | CPU | off CPU |",
+              "|---|---|---:|---:|---:|---:|---:|"]
+    for label, row in results["servers"].items():
+        for worker, timed in row.get("workers", {}).items():
+            busy = row["busy_share"].get(worker, 0.0)
+            lines.append(f"| {label} | {worker} | {busy:.0%} | {timed['tasks']} | "
+                         f"{timed['task']['median_ms']:.2f} / {timed['task']['p99_ms']:.2f} | "
+                         f"{timed['cpu']['median_ms']:.2f} / {timed['cpu']['p99_ms']:.2f} | "
+                         f"{timed['off_cpu_share']:.0%} |")
     if "triton_missing" in results:
         lines.append(f"No Triton rows: {results['triton_missing']}.")
     return "\n".join(lines)

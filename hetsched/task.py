@@ -60,6 +60,7 @@ class Task:
         allowed: names of the only workers that may run it (a pinned part), None for any worker.
         predicted_s / worker / times: filled by the scheduler and its policy.
         compute_s: set by an executor whose worker timed the compute itself.
+        cpu_s: set by a local worker: its thread's CPU time during the run.
     """
 
     stage: str
@@ -81,6 +82,9 @@ class Task:
     end_s: float = math.nan
     failed_on: set[str] = field(default_factory=set)  # workers it failed on (for retries)
     compute_s: float = math.nan  # compute time as the worker measured it (remote workers report one)
+    # CPU time of the thread that ran it, during the run; on a CPU worker the rest of the run is the
+    # time that thread waited for its core while other threads ran there (ORT's threads spin)
+    cpu_s: float = math.nan
 
     def __repr__(self) -> str:
         return f"Task(#{self.id} {self.job.name} part {self.part} {self.state.value})"

@@ -1,8 +1,14 @@
 """Traces: every task's submit / ready / start / end and worker, every transfer of a task's
 inputs that a platform makes ahead of the task, and, in the daemon, every client request's way
 through its frontend, as Chrome trace JSON (opens in Perfetto) and as summaries (per-worker
-utilization and idle time; transfer time and the share of it hidden under compute, i.e. over
-before the task it feeds started).
+utilization and idle time, and the share of its tasks' time their thread spent off CPU; transfer
+time and the share of it hidden under compute, i.e. over before the task it feeds started).
+
+A task's slice runs from its start on a worker (the scheduler's dispatch) to its end, and holds
+the CPU time of the thread that ran it (``cpu_ms``).  On a CPU worker what is left is mostly
+time that thread was ready to run but waited for its core while another thread (the daemon's
+frontend, a client, another process) ran there: a task that runs long for its model with little
+CPU was crowded out, one that runs long on CPU was slow itself.
 
 A :class:`TraceRecorder` is an instrument: the scheduler calls ``on_event`` under its
 lock, so recording is a list append and nothing else; platforms call ``on_transfer``, the
@@ -31,6 +37,7 @@ class TraceEvent:
     worker: str | None
     when_s: float
     rows: int  # the task's batch: how many requests' rows it ran at once
+    cpu_s: float = math.nan  # an end's: the CPU time of the thread that ran the task (Task.cpu_s)
 
 
 @dataclass(frozen=True)
@@ -94,6 +101,10 @@ class WorkerSummary:
     tasks: int
     busy_s: float
     utilization: float  # busy time / traced span
+    # of the busy time of its tasks whose CPU time is known, the share their thread was off CPU:
+    # the hand-over to it, and on a CPU worker the waits for its core while other threads ran there
+    # (NaN: none known, as on a remote worker)
+    off_cpu_share: float = math.nan
 
 
 class TraceRecorder:
@@ -112,7 +123,7 @@ class TraceRecorder:
             if len(self._events) < self.limit:
                 name = worker.name if worker else None
                 self._events.append(TraceEvent(event, task.id, task.job.name, task.part, name, when_s,
-                                                  task.batch))
+                                                  task.batch, task.cpu_s if event == "end" else math.nan))
 
     def on_transfer(self, task: Task, source: str, target: str, nbytes: int, start_s: float,
                     end_s: float) -> None:
@@ -180,6 +191,9 @@ class TraceRecorder:
             for name, i in tid.items()
         ]
         for start, end in spans:
+            args: dict[str, Any] = {"task": start.task_id, "rows": start.rows, "status": end.event}
+            if not math.isnan(end.cpu_s):
+                args["cpu_ms"] = round(end.cpu_s * 1e3, 3)
             trace.append(
                 {
                     "ph": "X",
@@ -188,7 +202,7 @@ class TraceRecorder:
                     "name": f"{start.job} part {start.part}",
                     "ts": (start.when_s - origin) * 1e6,
                     "dur": (end.when_s - start.when_s) * 1e6,
-                    "args": {"task": start.task_id, "rows": start.rows, "status": end.event},
+                    "args": args,
                 }
             )
         for t in transfers:
@@ -227,10 +241,15 @@ class TraceRecorder:
             return []
         span_s = max(e.when_s for _, e in spans) - min(s.when_s for s, _ in spans)
         busy: dict[str, list[float]] = defaultdict(list)
+        timed: dict[str, list[tuple[float, float]]] = defaultdict(list)  # (duration, cpu) where known
         for start, end in spans:
-            busy[start.worker or "?"].append(end.when_s - start.when_s)
+            worker, duration = start.worker or "?", end.when_s - start.when_s
+            busy[worker].append(duration)
+            if not math.isnan(end.cpu_s):
+                timed[worker].append((duration, end.cpu_s))
         return [
-            WorkerSummary(w, len(t), sum(t), sum(t) / span_s if span_s > 0 else 0.0)
+            WorkerSummary(w, len(t), sum(t), sum(t) / span_s if span_s > 0 else 0.0,
+                          off_cpu_share(timed[w]))
             for w, t in sorted(busy.items())
         ]
 
@@ -248,6 +267,16 @@ class TraceRecorder:
                 hidden += max(0.0, min(t.end_s, started[t.task_id]) - t.start_s)
         return TransferSummary(len(transfers), sum(t.nbytes for t in transfers), seconds,
                                hidden / seconds if seconds > 0 else math.nan)
+
+
+def off_cpu_share(tasks: list[tuple[float, float]]) -> float:
+    """Of the summed durations of ``tasks`` (duration, CPU seconds), the share spent off CPU (NaN for
+    none).  A thread's CPU clock and the scheduler's run on separate clocks, so a short task can read
+    a little more CPU than duration: the share is kept at 0 or more."""
+    duration = sum(d for d, _ in tasks)
+    if duration <= 0:
+        return math.nan
+    return max(0.0, 1.0 - sum(c for _, c in tasks) / duration)
 
 
 def _frontend_slices(stamps: RequestStamps, ident: str, origin: float) -> list[dict[str, Any]]:

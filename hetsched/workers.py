@@ -30,6 +30,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any
@@ -207,10 +208,12 @@ class Worker:
 
     def _execute(self, task: Task) -> None:
         error: BaseException | None = None
+        cpu = time.thread_time()
         try:
             self._run_task(task, self.sessions[task.stage])
         except BaseException as exc:  # the task's error goes to its request, never lost
             error = exc
+        task.cpu_s = time.thread_time() - cpu
         try:
             self._on_done(task, error)
         except Exception:  # a bug of ours; keep serving the other tasks

@@ -6,18 +6,24 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+import onnx
 import pytest
 from daemon_process import add_zoo_model
+from onnx import TensorProto, helper, numpy_helper
 
 from hetsched.clock import FakeClock
 from hetsched.daemon.process import DaemonProcess
 from hetsched.perf import TableOracle
 from hetsched.policies import make_policy
+from hetsched.runtime import Runtime
 from hetsched.scheduler import Scheduler
 from hetsched.simulate import SimulatedExecutor, table_duration
 from hetsched.task import Job, Task, WorkerSpec
@@ -139,6 +145,69 @@ def test_summary_gives_each_workers_busy_time() -> None:
     assert sum(row.tasks for row in summary.values()) == 6
     assert sum(row.busy_s for row in summary.values()) == pytest.approx(9.0)
     assert all(0 < row.utilization <= 1 for row in summary.values())
+    assert all(math.isnan(row.off_cpu_share) for row in summary.values())  # a simulated run has no CPU
+
+
+def test_a_tasks_cpu_time_is_in_its_slice_and_the_off_cpu_share_in_the_summary() -> None:
+    """Tasks of 4 s and 2 s whose threads were on CPU 3 s and 2 s: a quarter of a 4 s slice, and a
+    sixth of the worker's busy time, off CPU; a task without a CPU time counts for busy time only."""
+    recorder = TraceRecorder()
+    job = Job("r", [[], [], []])
+    job.tasks = [Task("s", part, job, "x=1", 1) for part in range(3)]
+    for task, (start, end, cpu) in zip(job.tasks, [(0.0, 4.0, 3.0), (4.0, 6.0, 2.0), (6.0, 7.0, math.nan)]):
+        task.cpu_s = cpu
+        recorder.on_event("start", task, WORKERS[0], start)
+        recorder.on_event("end", task, WORKERS[0], end)
+    slices = [e for e in recorder.chrome_trace()["traceEvents"] if e["ph"] == "X"]
+    assert [e["args"].get("cpu_ms") for e in slices] == [3000.0, 2000.0, None]
+    (row,) = recorder.summary()
+    assert row.busy_s == pytest.approx(7.0)
+    assert row.off_cpu_share == pytest.approx(1 / 6)
+
+
+def _product_chain(size: int = 256, depth: int = 6) -> onnx.ModelProto:
+    """Matrix products of a few milliseconds each on one core."""
+    rng = np.random.default_rng(0)
+    nodes, weights, last = [], [], "x"
+    for i in range(depth):
+        weights.append(numpy_helper.from_array(rng.standard_normal((size, size)).astype(np.float32), f"w{i}"))
+        nodes.append(helper.make_node("MatMul", [last, f"w{i}"], [f"y{i}"]))
+        last = f"y{i}"
+    def value(name: str) -> onnx.ValueInfoProto:
+        return helper.make_tensor_value_info(name, TensorProto.FLOAT, [None, size])
+
+    graph = helper.make_graph(nodes, "chain", [value("x")], [value(last)], weights)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _off_cpu_share(core: int, crowded: bool) -> float:
+    """A one-core worker's off-CPU share over 20 requests, with a process spinning on its core or not."""
+    model = _product_chain()
+    feeds = {"x": np.ones((64, 256), np.float32)}
+    spinner = (subprocess.Popen([sys.executable, "-c", f"import os\nos.sched_setaffinity(0, {{{core}}})\n"
+                                 "while True: pass"]) if crowded else None)
+    try:
+        with Runtime(workers=str(core), trace=True) as runtime:
+            loaded = runtime.load(model)
+            for _ in range(20):
+                loaded.submit(feeds).result(timeout=60)  # on the worker's own thread
+            assert runtime.tracer is not None
+            (row,) = [r for r in runtime.tracer.summary() if r.tasks >= 20]
+    finally:
+        if spinner is not None:
+            spinner.kill()
+            spinner.wait()
+    return row.off_cpu_share
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="pins a process to the worker's core")
+def test_a_worker_crowded_off_its_core_shows_it_as_time_off_cpu() -> None:
+    """A process spinning on a one-core worker's core takes about half of it: the worker's tasks
+    then spend a large share of their time off CPU, which they do not on a quiet core."""
+    core = min(os.sched_getaffinity(0))
+    quiet, crowded = _off_cpu_share(core, crowded=False), _off_cpu_share(core, crowded=True)
+    assert 0 <= quiet < 0.2
+    assert crowded > 0.3
 
 
 def test_the_daemon_writes_its_trace_on_stop(tmp_path: Path) -> None:
@@ -178,6 +247,9 @@ def test_the_daemon_writes_its_trace_on_stop(tmp_path: Path) -> None:
     ended = {e["name"]: e["ts"] for e in events if e["ph"] == "e" and e["cat"] == "request"}
     assert len(jobs) >= 5  # the warm-up's requests are traced too
     assert sum(e["ph"] == "X" for e in events) == 2 * len(jobs)
+    # every task ran on a local worker's thread (or a handler's), which timed its CPU
+    assert all(0 < e["args"]["cpu_ms"] for e in events if e["ph"] == "X")
+    assert "% of it off CPU" in server.text()
     requests = list(frontend_slices(events).values())  # the clients' five, not the warm-up's
     assert sorted(next(n for n in r if n.startswith(("grpc", "http"))) for r in requests) == [
         "grpc lenet5"] * 3 + ["grpc stream lenet5", "http lenet5"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -349,6 +350,10 @@ class InferenceService:
             log.info("trace of %d task events and %d transfers (%.0f%% of their time hidden under compute) "
                      "written to %s", len(runtime.tracer.events()), moved.transfers,
                      100 * moved.hidden_share if moved.transfers else 0.0, target)
+            for row in runtime.tracer.summary():
+                log.info("worker %s: %d tasks, busy %.0f%% of the trace, %s", row.worker, row.tasks,
+                         100 * row.utilization, "CPU time unknown" if math.isnan(row.off_cpu_share)
+                         else f"{100 * row.off_cpu_share:.0f}% of it off CPU (waiting for its core)")
 
     def _load_version(self, source: ModelSource, version: str, path: Path) -> ServedModel:
         name, config = source.name, source.config
