@@ -88,11 +88,20 @@ def hetsched_breakdown(trace: dict[str, Any], protocol: str = "grpc") -> dict[st
         "compute": _stats([compute[j] / 1e6 for j in jobs]),
         "in_server": _stats([(answered[j] - arrived[j]) / 1e6 for j in jobs]),
         "busy_share": {w: t / span for w, t in sorted(busy.items())} if span > 0 else {},
-        "workers": {w: {"tasks": len(timed), "task": _stats([d for d, _ in timed]),
-                        "cpu": _stats([c for _, c in timed]), "off_cpu_share": off_cpu_share(timed)}
-                    for w, timed in sorted(tasks.items())},
+        "workers": {w: _worker_stats(timed) for w, timed in sorted(tasks.items())},
         "frontend": _frontend_stats(_hetsched_frontend(events, protocol)),
     }
+
+
+def _worker_stats(tasks: list[tuple[float, float]]) -> dict[str, Any]:
+    """A worker's tasks (duration, CPU seconds): their times, CPU times and share off CPU, and the
+    slowest tenth's median time, CPU time and time off CPU: whether long tasks computed more or
+    waited for their core."""
+    slowest = sorted(tasks)[len(tasks) - max(1, len(tasks) // 10):]
+    return {"tasks": len(tasks), "task": _stats([d for d, _ in tasks]), "cpu": _stats([c for _, c in tasks]),
+            "off_cpu_share": off_cpu_share(tasks),
+            "slowest_tenth": {"task": _stats([d for d, _ in slowest]), "cpu": _stats([c for _, c in slowest]),
+                              "off_cpu": _stats([d - c for d, c in slowest])}}
 
 
 FRONTEND = ("receive", "decode", "model", "encode", "send", "handled")
@@ -280,16 +289,19 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
     lines += ["", ("hetsched's workers: busy share of the trace; per task, median / p99 ms from its start "
                    "on the worker to its end, and of the CPU time of the thread that ran it; the share "
                    "of the tasks' time off CPU (the hand-over to the thread, then waiting for the core "
-                   "while other threads ran there). Triton's trace holds no CPU times."),
-              "", "| server | worker | busy | tasks | task | CPU | off CPU |",
-              "|---|---|---:|---:|---:|---:|---:|"]
+                   "while other threads ran there); and the slowest tenth of the tasks' median ms: "
+                   "time / CPU / off CPU. Triton's trace holds no CPU times."),
+              "", "| server | worker | busy | tasks | task | CPU | off CPU | slowest tenth |",
+              "|---|---|---:|---:|---:|---:|---:|---:|"]
     for label, row in results["servers"].items():
         for worker, timed in row.get("workers", {}).items():
             busy = row["busy_share"].get(worker, 0.0)
+            tenth = timed["slowest_tenth"]
+            slowest = " / ".join(f"{tenth[k]['median_ms']:.2f}" for k in ("task", "cpu", "off_cpu"))
             lines.append(f"| {label} | {worker} | {busy:.0%} | {timed['tasks']} | "
                          f"{timed['task']['median_ms']:.2f} / {timed['task']['p99_ms']:.2f} | "
                          f"{timed['cpu']['median_ms']:.2f} / {timed['cpu']['p99_ms']:.2f} | "
-                         f"{timed['off_cpu_share']:.0%} |")
+                         f"{timed['off_cpu_share']:.0%} | {slowest} |")
     if "triton_missing" in results:
         lines.append(f"No Triton rows: {results['triton_missing']}.")
     return "\n".join(lines)
